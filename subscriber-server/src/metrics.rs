@@ -1,0 +1,80 @@
+//! The server's Prometheus metrics: one struct, registered under the `conflist_server` prefix.
+//! Labels are bounded (answer status names only; never users or ids).
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use prometheus_client::registry::Registry;
+use proto::v1::AnswerStatus;
+
+/// Label of an answer counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    status: StatusValue,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, reason = "label values are printed as written")]
+enum StatusValue {
+    ok,
+    unauthorized,
+    forbidden,
+    not_found,
+    interval_too_brief,
+    bad_event,
+    not_acceptable,
+    no_such_subscription,
+    unavailable,
+    internal_error,
+}
+
+impl StatusLabel {
+    /// The label for `status`.
+    pub fn new(status: AnswerStatus) -> Self {
+        let status = match status {
+            AnswerStatus::Ok => StatusValue::ok,
+            AnswerStatus::Unauthorized => StatusValue::unauthorized,
+            AnswerStatus::Forbidden => StatusValue::forbidden,
+            AnswerStatus::NotFound => StatusValue::not_found,
+            AnswerStatus::IntervalTooBrief => StatusValue::interval_too_brief,
+            AnswerStatus::BadEvent => StatusValue::bad_event,
+            AnswerStatus::NotAcceptable => StatusValue::not_acceptable,
+            AnswerStatus::NoSuchSubscription => StatusValue::no_such_subscription,
+            AnswerStatus::Unavailable => StatusValue::unavailable,
+            AnswerStatus::InternalError | AnswerStatus::Unspecified => StatusValue::internal_error,
+        };
+        Self { status }
+    }
+}
+
+/// Every metric the server exports.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// Live subscriptions on this instance.
+    pub subscriptions: Gauge,
+    /// Open proxy sessions.
+    pub sessions: Gauge,
+    /// Notifications sent.
+    pub notifications: Counter,
+    /// Answers sent, by status.
+    pub answers: Family<StatusLabel, Counter>,
+    /// Failed directory reads.
+    pub directory_errors: Counter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry` under `conflist_server`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("conflist_server");
+        r.register("subscriptions", "Live subscriptions", m.subscriptions.clone());
+        r.register("sessions", "Open proxy sessions", m.sessions.clone());
+        r.register("notifications", "Notifications sent", m.notifications.clone());
+        r.register("answers", "Answers to proxy requests, by status", m.answers.clone());
+        r.register(
+            "directory_errors",
+            "Directory reads that failed",
+            m.directory_errors.clone(),
+        );
+        m
+    }
+}
