@@ -1,0 +1,61 @@
+//! Documents shared by the integration tests.
+
+use conflist_document::{Conference, ConferenceDescription, MediaEntry, Schedule, UriEntry};
+
+/// The conference of the format's reference example.
+pub(crate) fn weekly_sync() -> Conference {
+    Conference {
+        entity: "sip:1001@conf.example.com".into(),
+        description: ConferenceDescription {
+            display_text: Some("Weekly sync".into()),
+            subject: Some("Roadmap".into()),
+            free_text: Some("Bring your notes".into()),
+            keywords: vec!["a".into(), "b".into(), "c".into()],
+            conf_uris: vec![UriEntry {
+                uri: "sip:1001@conf.example.com".into(),
+                display_text: Some("Dial-in".into()),
+                purpose: Some("participation".into()),
+            }],
+            service_uris: vec![UriEntry {
+                uri: "https://meet.example.com/1001".into(),
+                display_text: None,
+                purpose: Some("web-page".into()),
+            }],
+            maximum_user_count: Some(50),
+            available_media: vec![
+                MediaEntry {
+                    label: "1".into(),
+                    media_type: "audio".into(),
+                    display_text: None,
+                },
+                MediaEntry {
+                    label: "2".into(),
+                    media_type: "video".into(),
+                    display_text: None,
+                },
+            ],
+        },
+        schedule: Schedule {
+            start: Some("2026-11-24T09:00:00Z".into()),
+            end: Some("2026-11-24T10:00:00Z".into()),
+        },
+        role: Some("organizer".into()),
+    }
+}
+
+/// A conference with only an entity.
+pub(crate) fn bare(entity: &str) -> Conference {
+    Conference {
+        entity: entity.into(),
+        ..Conference::default()
+    }
+}
+
+/// A conference with every optional element and attribute present.
+pub(crate) fn maximal() -> Conference {
+    let mut c = weekly_sync();
+    c.entity = "sip:max@conf.example.com".into();
+    c.description.service_uris[0].display_text = Some("Web".into());
+    c.description.available_media[0].display_text = Some("Main audio".into());
+    c
+}
