@@ -1,1 +1,17 @@
-//! harness
+//! Harness for conflist's system tests: a fresh PostgreSQL database per test ([`TestDb`]),
+//! the real `conflist-server` and `conflist-proxy` binaries as child processes
+//! ([`spawn_server`], [`spawn_proxy`]), and a SIP-over-WebSocket client ([`SipWsClient`]).
+//! Every wait is for an event (a READY line, a message) under a timeout; nothing sleeps.
+
+#![allow(clippy::missing_panics_doc, missing_docs, reason = "test harness")]
+
+pub mod client;
+pub mod db;
+pub mod process;
+
+pub use client::{SipWsClient, Subscription};
+pub use db::TestDb;
+pub use process::{spawn_proxy, spawn_server, Proxy, Server, ServerOptions};
+
+/// How long any single expected event may take.
+pub const EVENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -1,1 +1,25 @@
-//! system tests
+//! System tests: real `conflist-server` and `conflist-proxy` processes, a real PostgreSQL
+//! database per test, a SIP-over-WebSocket client. Build the binaries first
+//! (`cargo build --workspace --bins`; `scripts/test` does).
+
+mod bad_input;
+mod directory;
+mod shutdown;
+mod subscribe;
+
+use conflist_tests::{spawn_proxy, spawn_server, Proxy, Server, ServerOptions, TestDb};
+
+/// A database, a server with the demo data and a proxy in front of it.
+#[derive(Debug)]
+pub struct System {
+    pub proxy: Proxy,
+    pub server: Server,
+    pub db: TestDb,
+}
+
+pub async fn system(opts: ServerOptions) -> System {
+    let db = TestDb::create().await.expect("test database");
+    let server = spawn_server(&db.url, &opts).await.expect("server");
+    let proxy = spawn_proxy(&server, &[]).await.expect("proxy");
+    System { proxy, server, db }
+}

@@ -1,0 +1,52 @@
+//! Admin HTTP endpoint: `/livez`, `/readyz` (a subscriber-server session is up), `/metrics`.
+
+use crate::upstream::Upstreams;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Debug)]
+struct AdminState {
+    registry: Registry,
+    upstreams: Upstreams,
+}
+
+/// The admin router.
+pub fn router(registry: Registry, upstreams: Upstreams) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(AdminState {
+            registry,
+            upstreams,
+        }))
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    if state.upstreams.any_connected() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no subscriber-server session\n")
+    }
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}

@@ -1,0 +1,732 @@
+//! The SIP side of every subscription on one connection, sans-IO.
+//!
+//! [`Dialogs`] takes SIP requests and responses from the client, Answers and Notifications
+//! from the notifier, and the time; it returns [`Action`]s for the shell in
+//! `transport::connection` to carry out. It owns each dialog's tags, CSeqs, route set and
+//! remote target (RFC 3261 §12), and the NOTIFY client transaction towards the client: one in
+//! flight per dialog, newer notifications queued behind it, CSeq strictly increasing, Timer F
+//! as a deadline (RFC 3261 §17.1.2.2; reliable transports never retransmit). No I/O, no clock,
+//! no global randomness: the caller passes `now` and a seed.
+
+mod build;
+#[cfg(test)]
+mod tests;
+
+use crate::notifier::{Answer, Command, Event, Notification, Outcome, Reason, State, SubscriptionId, Verdict};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use sip::{
+    Event as EventHeader, HeaderName, Message, Method, NameAddr, Request, Response, StatusCode,
+    Uri,
+};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The event package served.
+pub const EVENT_PACKAGE: &str = "conference-list";
+/// Its body type.
+pub const CONTENT_TYPE: &str = "application/conference-list+xml";
+/// Methods this element accepts as a UAS.
+pub const ALLOW: &str = "SUBSCRIBE, OPTIONS";
+/// Notifications queued behind the one in flight, per dialog.
+pub const MAX_QUEUED_NOTIFICATIONS: usize = 16;
+/// SUBSCRIBEs of one dialog waiting for the notifier at once.
+pub const MAX_PENDING_REQUESTS: usize = 4;
+
+/// Settings shared by every connection's dialogs.
+#[derive(Debug, Clone)]
+pub struct DialogConfig {
+    /// `host:port` this proxy puts in Via and Contact.
+    pub local_host: String,
+    /// Via transport token, e.g. `WS`.
+    pub via_transport: &'static str,
+    /// `transport=` parameter of our Contact, e.g. `ws`.
+    pub contact_transport: &'static str,
+    /// Timer F for NOTIFY: no final answer by then = failed delivery.
+    pub notify_timeout: Duration,
+    /// Most dialogs on one connection (a gateway multiplexes many).
+    pub max_dialogs: usize,
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this message to the client on this connection.
+    Send(Message),
+    /// Route notifier events for `sub` to this connection; pick its notifier by `subscriber`.
+    /// Always precedes the subscription's first command.
+    Route {
+        /// The new subscription.
+        sub: SubscriptionId,
+        /// Whose list (the notifier is chosen by it).
+        subscriber: String,
+    },
+    /// Tell the notifier.
+    Upstream(Command),
+    /// The dialog is gone: stop routing `sub` here.
+    Unroute(SubscriptionId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The initial SUBSCRIBE awaits its Answer.
+    Establishing,
+    /// 200 sent.
+    Active,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    branch: String,
+    cseq: u32,
+    version: u64,
+    deadline: Instant,
+    terminal: bool,
+}
+
+#[derive(Debug)]
+struct Dialog {
+    phase: Phase,
+    call_id: String,
+    local_tag: String,
+    remote_tag: String,
+    /// Our side: the SUBSCRIBE's To, with our tag.
+    local: NameAddr,
+    /// Their side: the SUBSCRIBE's From, with their tag.
+    remote: NameAddr,
+    remote_target: Uri,
+    route_set: Vec<String>,
+    /// The Event header value to echo (package and id).
+    event: String,
+    local_cseq: u32,
+    remote_cseq: u32,
+    /// Requests waiting for the notifier's Answer, by request id.
+    pending: Vec<(u64, Request)>,
+    in_flight: Option<InFlight>,
+    queue: VecDeque<Notification>,
+}
+
+/// Every dialog of one connection.
+#[derive(Debug)]
+pub struct Dialogs {
+    cfg: DialogConfig,
+    id_prefix: String,
+    rng: SmallRng,
+    next_sub: u64,
+    next_request: u64,
+    dialogs: HashMap<SubscriptionId, Dialog>,
+    /// (Call-ID, our tag) → subscription.
+    by_key: HashMap<(String, String), SubscriptionId>,
+    /// NOTIFY branch → subscription.
+    by_branch: HashMap<String, SubscriptionId>,
+    deadlines: BTreeSet<(Instant, SubscriptionId)>,
+}
+
+impl Dialogs {
+    /// Dialogs of one connection. `id_prefix` makes subscription ids unique proxy-wide; `seed`
+    /// feeds tags and branches (the shell passes OS randomness, tests a constant).
+    pub fn new(cfg: DialogConfig, id_prefix: String, seed: u64) -> Self {
+        Self {
+            cfg,
+            id_prefix,
+            rng: SmallRng::seed_from_u64(seed),
+            next_sub: 0,
+            next_request: 0,
+            dialogs: HashMap::new(),
+            by_key: HashMap::new(),
+            by_branch: HashMap::new(),
+            deadlines: BTreeSet::new(),
+        }
+    }
+
+    /// Number of dialogs.
+    pub fn len(&self) -> usize {
+        self.dialogs.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.dialogs.is_empty()
+    }
+
+    /// The earliest NOTIFY transaction deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// A request from the client (already parsed; Via already stamped with received/rport).
+    pub fn on_request(&mut self, req: Request, now: Instant) -> Vec<Action> {
+        if req.method == Method::Ack {
+            return Vec::new(); // never answered (RFC 3261 §17.2.1)
+        }
+        if let Err(e) = sip::validate::check_request(&req) {
+            return vec![reply(&req, StatusCode::BAD_REQUEST, Some(&e.to_string()), |_| {})];
+        }
+        let to_tag = to_tag(&req);
+        match (&req.method, to_tag) {
+            (Method::Subscribe, None) => self.on_initial_subscribe(req),
+            (Method::Subscribe, Some(tag)) => self.on_refresh(req, &tag, now),
+            (Method::Options, None) => vec![reply(&req, StatusCode::OK, None, |h| {
+                h.push(HeaderName::ALLOW, ALLOW);
+                h.push(HeaderName::ACCEPT, CONTENT_TYPE);
+                h.push(HeaderName::ALLOW_EVENTS, EVENT_PACKAGE);
+            })],
+            (_, Some(tag)) => {
+                if self.find(&req, &tag).is_some() {
+                    vec![reply(&req, StatusCode::METHOD_NOT_ALLOWED, None, |h| {
+                        h.push(HeaderName::ALLOW, ALLOW);
+                    })]
+                } else {
+                    vec![reply(&req, StatusCode::CALL_DOES_NOT_EXIST, None, |_| {})]
+                }
+            }
+            (Method::Notify | Method::Cancel, None) => {
+                vec![reply(&req, StatusCode::CALL_DOES_NOT_EXIST, None, |_| {})]
+            }
+            (_, None) => vec![reply(&req, StatusCode::METHOD_NOT_ALLOWED, None, |h| {
+                h.push(HeaderName::ALLOW, ALLOW);
+            })],
+        }
+    }
+
+    fn on_initial_subscribe(&mut self, req: Request) -> Vec<Action> {
+        let checked = match check_initial(&req) {
+            Ok(c) => c,
+            Err(rejection) => return vec![rejection],
+        };
+        if self.dialogs.len() >= self.cfg.max_dialogs {
+            return vec![reply(
+                &req,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("Too many subscriptions on this connection"),
+                |h| h.push(HeaderName::RETRY_AFTER, "30"),
+            )];
+        }
+        let sub = format!("{}-{}", self.id_prefix, self.next_sub);
+        self.next_sub += 1;
+        let request_id = self.take_request_id();
+        let local_tag = self.random_hex();
+        let mut local = checked.to;
+        local.set_tag(&local_tag);
+        let remote_cseq = checked.cseq;
+        let dialog = Dialog {
+            phase: Phase::Establishing,
+            call_id: checked.call_id.clone(),
+            local_tag: local_tag.clone(),
+            remote_tag: checked.from_tag,
+            local,
+            remote: checked.from,
+            remote_target: checked.contact,
+            route_set: req
+                .headers
+                .get_split(&HeaderName::RECORD_ROUTE)
+                .map(str::to_owned)
+                .collect(),
+            event: checked.event,
+            local_cseq: 0,
+            remote_cseq,
+            pending: Vec::new(),
+            in_flight: None,
+            queue: VecDeque::new(),
+        };
+        let command = Command::Subscribe {
+            sub: sub.clone(),
+            request_id,
+            subscriber: checked.subscriber.clone(),
+            requester: checked.requester,
+            event: EVENT_PACKAGE.to_owned(),
+            accept: checked.accept,
+            expires: checked.expires,
+        };
+        let mut dialog = dialog;
+        dialog.pending.push((request_id, req));
+        self.by_key
+            .insert((checked.call_id, local_tag), sub.clone());
+        self.dialogs.insert(sub.clone(), dialog);
+        vec![
+            Action::Route {
+                sub,
+                subscriber: checked.subscriber,
+            },
+            Action::Upstream(command),
+        ]
+    }
+
+    fn on_refresh(&mut self, req: Request, tag: &str, _now: Instant) -> Vec<Action> {
+        let Some(sub) = self.find(&req, tag) else {
+            return vec![reply(&req, StatusCode::CALL_DOES_NOT_EXIST, None, |_| {})];
+        };
+        let cseq = cseq_of(&req);
+        let event = req.headers.get(&HeaderName::EVENT).map(EventHeader::parse);
+        let expires = match optional_seconds(&req, &HeaderName::EXPIRES) {
+            Ok(e) => e,
+            Err(r) => return vec![r],
+        };
+        let request_id = self.take_request_id();
+        let Some(d) = self.dialogs.get_mut(&sub) else {
+            return vec![reply(&req, StatusCode::CALL_DOES_NOT_EXIST, None, |_| {})];
+        };
+        if cseq <= d.remote_cseq {
+            return vec![reply(&req, StatusCode::SERVER_INTERNAL_ERROR, Some("CSeq out of order"), |_| {})];
+        }
+        match event {
+            Some(Ok(e)) if e.package == EVENT_PACKAGE => {}
+            Some(Ok(_)) => return vec![bad_event(&req)],
+            Some(Err(_)) => return vec![reply(&req, StatusCode::BAD_REQUEST, Some("Bad Event"), |_| {})],
+            None => return vec![reply(&req, StatusCode::BAD_REQUEST, Some("Missing Event"), |_| {})],
+        }
+        d.remote_cseq = cseq;
+        if d.phase != Phase::Active || d.pending.len() >= MAX_PENDING_REQUESTS {
+            return vec![reply(&req, StatusCode::SERVER_INTERNAL_ERROR, Some("Request pending"), |h| {
+                h.push(HeaderName::RETRY_AFTER, "1");
+            })];
+        }
+        // RFC 3261 §12.2.2: a target refresh request may replace the remote target.
+        if let Some(contact) = req.headers.get_split(&HeaderName::CONTACT).next() {
+            match NameAddr::parse(contact) {
+                Ok(c) => d.remote_target = c.uri,
+                Err(_) => return vec![reply(&req, StatusCode::BAD_REQUEST, Some("Bad Contact"), |_| {})],
+            }
+        }
+        d.pending.push((request_id, req));
+        vec![Action::Upstream(Command::Refresh {
+            sub,
+            request_id,
+            expires,
+        })]
+    }
+
+    /// Something the notifier sent for a subscription of this connection.
+    pub fn on_event(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        match event {
+            Event::Answer(a) => self.on_answer(a, now),
+            Event::Notification(n) => self.on_notification(n, now),
+        }
+    }
+
+    fn on_answer(&mut self, answer: Answer, now: Instant) -> Vec<Action> {
+        let contact = self.contact();
+        let Some(d) = self.dialogs.get_mut(&answer.sub) else {
+            return Vec::new();
+        };
+        let Some(pos) = d.pending.iter().position(|(id, _)| *id == answer.request_id) else {
+            return Vec::new();
+        };
+        let (_, req) = d.pending.remove(pos);
+        let initial = d.phase == Phase::Establishing;
+        let local_tag = d.local_tag.clone();
+        let with_tag = |h: &mut sip::Headers| set_to_tag(h, &local_tag);
+        let response = match &answer.verdict {
+            Verdict::Ok { granted } => {
+                d.phase = Phase::Active;
+                reply(&req, StatusCode::OK, None, |h| {
+                    with_tag(h);
+                    h.push(HeaderName::CONTACT, contact.clone());
+                    h.push(HeaderName::EXPIRES, granted.to_string());
+                })
+            }
+            verdict => reply(&req, verdict_status(verdict), None, |h| {
+                with_tag(h);
+                match verdict {
+                    Verdict::IntervalTooBrief { min } => h.push(HeaderName::MIN_EXPIRES, min.to_string()),
+                    Verdict::BadEvent => h.push(HeaderName::ALLOW_EVENTS, EVENT_PACKAGE),
+                    Verdict::NotAcceptable => h.push(HeaderName::ACCEPT, CONTENT_TYPE),
+                    Verdict::Unavailable => h.push(HeaderName::RETRY_AFTER, "5"),
+                    _ => {}
+                }
+            }),
+        };
+        let ends_dialog = match answer.verdict {
+            Verdict::Ok { .. } => false,
+            Verdict::NoSuchSubscription => true,
+            _ => initial,
+        };
+        let mut actions = vec![response];
+        if ends_dialog {
+            self.remove(&answer.sub, &mut actions);
+        } else if initial {
+            // The 200 goes out before the first NOTIFY (some browser libraries answer 481
+            // to a NOTIFY that overtakes it); anything queued meanwhile follows now.
+            self.send_next(&answer.sub, now, &mut actions);
+        }
+        actions
+    }
+
+    fn on_notification(&mut self, n: Notification, now: Instant) -> Vec<Action> {
+        let Some(d) = self.dialogs.get_mut(&n.sub) else {
+            // The dialog is gone; make sure the notifier forgets it too.
+            return if matches!(n.state, State::Terminated(_)) {
+                Vec::new()
+            } else {
+                vec![Action::Upstream(Command::Unsubscribe { sub: n.sub })]
+            };
+        };
+        if d.in_flight.is_some() || d.phase == Phase::Establishing {
+            if d.queue.len() >= MAX_QUEUED_NOTIFICATIONS {
+                // A client that does not answer NOTIFYs: keep the newest state. The version
+                // gap this leaves makes the client re-subscribe (DESIGN: gaps are visible).
+                d.queue.pop_front();
+            }
+            d.queue.push_back(n);
+            return Vec::new();
+        }
+        let mut actions = Vec::new();
+        self.send_notify(n, now, &mut actions);
+        actions
+    }
+
+    /// A response from the client: the answer to one of our NOTIFYs.
+    pub fn on_response(&mut self, resp: Response, now: Instant) -> Vec<Action> {
+        let branch = sip::Via::parse_all(&resp.headers)
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            .and_then(|v| v.branch().map(str::to_owned));
+        let Some(sub) = branch.and_then(|b| self.by_branch.get(&b).cloned()) else {
+            return Vec::new(); // stray or late response
+        };
+        if resp.status.is_provisional() {
+            return Vec::new();
+        }
+        let Some(d) = self.dialogs.get_mut(&sub) else {
+            return Vec::new();
+        };
+        let cseq_ok = resp
+            .headers
+            .get(&HeaderName::CSEQ)
+            .and_then(|c| sip::CSeq::parse(c).ok())
+            .zip(d.in_flight.as_ref())
+            .is_some_and(|(c, f)| c.seq == f.cseq && c.method == Method::Notify);
+        if !cseq_ok {
+            return Vec::new();
+        }
+        let Some(done) = d.in_flight.take() else {
+            return Vec::new();
+        };
+        self.by_branch.remove(&done.branch);
+        self.deadlines.remove(&(done.deadline, sub.clone()));
+        let accepted = resp.status.is_success();
+        let outcome = if accepted { Outcome::Accepted } else { Outcome::Rejected };
+        let mut actions = Vec::new();
+        if done.version_known() {
+            actions.push(Action::Upstream(Command::Delivered {
+                sub: sub.clone(),
+                version: done.version,
+                outcome,
+            }));
+        }
+        if done.terminal || !accepted {
+            self.remove(&sub, &mut actions);
+        } else {
+            self.send_next(&sub, now, &mut actions);
+        }
+        actions
+    }
+
+    /// NOTIFY transactions whose Timer F fired by `now` fail; their dialogs end.
+    pub fn on_timeout(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        while let Some((at, sub)) = self.deadlines.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(done) = self.dialogs.get_mut(&sub).and_then(|d| d.in_flight.take()) else {
+                continue;
+            };
+            self.by_branch.remove(&done.branch);
+            if done.version_known() {
+                actions.push(Action::Upstream(Command::Delivered {
+                    sub: sub.clone(),
+                    version: done.version,
+                    outcome: Outcome::Timeout,
+                }));
+            }
+            self.remove(&sub, &mut actions);
+        }
+        actions
+    }
+
+    /// Graceful shutdown: a final NOTIFY (`terminated;reason=deactivated`, RFC 6665 §4.2.2:
+    /// retry at once, elsewhere) for every established dialog, and Unsubscribe upstream.
+    pub fn on_shutdown(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let subs: Vec<SubscriptionId> = self.dialogs.keys().cloned().collect();
+        for sub in subs {
+            actions.push(Action::Upstream(Command::Unsubscribe { sub: sub.clone() }));
+            let note = Notification::terminated(sub.clone(), Reason::Deactivated);
+            match self.dialogs.get_mut(&sub) {
+                Some(d) if d.phase == Phase::Active => {
+                    d.queue.clear();
+                    if d.in_flight.is_none() {
+                        self.send_notify(note, now, &mut actions);
+                    } else {
+                        d.queue.push_back(note);
+                    }
+                }
+                _ => self.remove(&sub, &mut actions),
+            }
+        }
+        actions
+    }
+
+    /// The connection is gone: every dialog ends without a word to the client.
+    pub fn on_close(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let subs: Vec<SubscriptionId> = self.dialogs.keys().cloned().collect();
+        for sub in subs {
+            actions.push(Action::Upstream(Command::Unsubscribe { sub: sub.clone() }));
+            self.remove(&sub, &mut actions);
+        }
+        actions
+    }
+
+    fn send_next(&mut self, sub: &str, now: Instant, actions: &mut Vec<Action>) {
+        let next = self.dialogs.get_mut(sub).and_then(|d| d.queue.pop_front());
+        if let Some(n) = next {
+            self.send_notify(n, now, actions);
+        }
+    }
+
+    fn send_notify(&mut self, n: Notification, now: Instant, actions: &mut Vec<Action>) {
+        let branch = format!("z9hG4bK{}", self.random_hex());
+        let contact = self.contact();
+        let via = format!(
+            "SIP/2.0/{} {};branch={branch}",
+            self.cfg.via_transport, self.cfg.local_host
+        );
+        let deadline = now + self.cfg.notify_timeout;
+        let Some(d) = self.dialogs.get_mut(&n.sub) else {
+            return;
+        };
+        d.local_cseq += 1;
+        let request = build::notify(d, &n, &via, &contact);
+        let terminal = matches!(n.state, State::Terminated(_));
+        d.in_flight = Some(InFlight {
+            branch: branch.clone(),
+            cseq: d.local_cseq,
+            version: if n.content_type.is_some() || !terminal { n.version } else { u64::MAX },
+            deadline,
+            terminal,
+        });
+        self.by_branch.insert(branch, n.sub.clone());
+        self.deadlines.insert((deadline, n.sub));
+        actions.push(Action::Send(Message::Request(request)));
+    }
+
+    fn remove(&mut self, sub: &str, actions: &mut Vec<Action>) {
+        if let Some(d) = self.dialogs.remove(sub) {
+            self.by_key.remove(&(d.call_id, d.local_tag));
+            if let Some(f) = d.in_flight {
+                self.by_branch.remove(&f.branch);
+                self.deadlines.remove(&(f.deadline, sub.to_owned()));
+            }
+            actions.push(Action::Unroute(sub.to_owned()));
+        }
+    }
+
+    fn find(&self, req: &Request, local_tag: &str) -> Option<SubscriptionId> {
+        let call_id = req.headers.get(&HeaderName::CALL_ID)?.trim();
+        let sub = self.by_key.get(&(call_id.to_owned(), local_tag.to_owned()))?;
+        let from_tag = from_tag(req)?;
+        let d = self.dialogs.get(sub)?;
+        (d.remote_tag == from_tag).then(|| sub.clone())
+    }
+
+    fn contact(&self) -> String {
+        format!(
+            "<sip:conflist@{};transport={}>",
+            self.cfg.local_host, self.cfg.contact_transport
+        )
+    }
+
+    fn take_request_id(&mut self) -> u64 {
+        self.next_request += 1;
+        self.next_request
+    }
+
+    fn random_hex(&mut self) -> String {
+        format!("{:016x}", self.rng.random::<u64>())
+    }
+}
+
+impl InFlight {
+    /// Body-less terminal NOTIFYs the proxy made itself carry no notifier version.
+    fn version_known(&self) -> bool {
+        self.version != u64::MAX
+    }
+}
+
+/// The parts of a valid initial SUBSCRIBE the dialog needs.
+struct Initial {
+    subscriber: String,
+    requester: String,
+    call_id: String,
+    from: NameAddr,
+    from_tag: String,
+    to: NameAddr,
+    contact: Uri,
+    cseq: u32,
+    event: String,
+    accept: Vec<String>,
+    expires: Option<u32>,
+}
+
+/// RFC 6665 §4.2.1 checks of a dialog-creating SUBSCRIBE; a rejection is the response to send.
+fn check_initial(req: &Request) -> Result<Initial, Action> {
+    let bad = |reason: &str| reply(req, StatusCode::BAD_REQUEST, Some(reason), |_| {});
+    if !req.uri.is_sip() {
+        return Err(reply(req, StatusCode::UNSUPPORTED_URI_SCHEME, None, |_| {}));
+    }
+    if let Some(mf) = req.headers.get(&HeaderName::MAX_FORWARDS) {
+        if sip::parse_delta_seconds(mf) == Ok(0) {
+            return Err(reply(req, StatusCode::TOO_MANY_HOPS, None, |_| {}));
+        }
+    }
+    let required: Vec<&str> = req.headers.get_split(&HeaderName::REQUIRE).collect();
+    if !required.is_empty() {
+        let unsupported = required.join(", ");
+        return Err(reply(req, StatusCode::BAD_EXTENSION, None, |h| {
+            h.push(HeaderName::UNSUPPORTED, unsupported.clone());
+        }));
+    }
+    let event = match req.headers.get(&HeaderName::EVENT).map(EventHeader::parse) {
+        None => return Err(bad("Missing Event")),
+        Some(Err(_)) => return Err(bad("Bad Event")),
+        Some(Ok(e)) if e.package != EVENT_PACKAGE => return Err(bad_event(req)),
+        Some(Ok(e)) => e.to_string(),
+    };
+    let accept = match sip::parse_accept(&req.headers) {
+        Err(_) => return Err(bad("Bad Accept")),
+        Ok(None) => Vec::new(), // RFC 6665 §4.1.2: no Accept = the package's default type
+        Ok(Some(ranges)) => {
+            if !ranges.iter().any(|r| r.matches("application", "conference-list+xml")) {
+                return Err(reply(req, StatusCode::NOT_ACCEPTABLE, None, |h| {
+                    h.push(HeaderName::ACCEPT, CONTENT_TYPE);
+                }));
+            }
+            req.headers.get_split(&HeaderName::ACCEPT).map(str::to_owned).collect()
+        }
+    };
+    let expires = optional_seconds(req, &HeaderName::EXPIRES)?;
+    let Some(contact) = req.headers.get_split(&HeaderName::CONTACT).next() else {
+        return Err(bad("Missing Contact"));
+    };
+    let contact = NameAddr::parse(contact).map_err(|_| bad("Bad Contact"))?.uri;
+    let from = header_name_addr(req, &HeaderName::FROM).ok_or_else(|| bad("Bad From"))?;
+    let to = header_name_addr(req, &HeaderName::TO).ok_or_else(|| bad("Bad To"))?;
+    let Some(from_tag) = from.tag().map(str::to_owned) else {
+        return Err(bad("Missing From tag"));
+    };
+    let Some(subscriber) = req.uri.aor() else {
+        return Err(reply(req, StatusCode::UNSUPPORTED_URI_SCHEME, None, |_| {}));
+    };
+    let Some(requester) = from.uri.aor() else {
+        return Err(bad("Bad From"));
+    };
+    let call_id = req
+        .headers
+        .get(&HeaderName::CALL_ID)
+        .map(|c| c.trim().to_owned())
+        .unwrap_or_default();
+    Ok(Initial {
+        subscriber,
+        requester,
+        call_id,
+        from,
+        from_tag,
+        to,
+        contact,
+        cseq: cseq_of(req),
+        event,
+        accept,
+        expires,
+    })
+}
+
+fn header_name_addr(req: &Request, name: &HeaderName) -> Option<NameAddr> {
+    req.headers.get(name).and_then(|v| NameAddr::parse(v).ok())
+}
+
+fn to_tag(req: &Request) -> Option<String> {
+    header_name_addr(req, &HeaderName::TO).and_then(|t| t.tag().map(str::to_owned))
+}
+
+fn from_tag(req: &Request) -> Option<String> {
+    header_name_addr(req, &HeaderName::FROM).and_then(|t| t.tag().map(str::to_owned))
+}
+
+/// CSeq number of a request that passed validation.
+fn cseq_of(req: &Request) -> u32 {
+    req.headers
+        .get(&HeaderName::CSEQ)
+        .and_then(|c| sip::CSeq::parse(c).ok())
+        .map_or(0, |c| c.seq)
+}
+
+fn optional_seconds(req: &Request, name: &HeaderName) -> Result<Option<u32>, Action> {
+    match req.headers.get(name) {
+        None => Ok(None),
+        Some(v) => sip::parse_delta_seconds(v)
+            .map(Some)
+            .map_err(|_| reply(req, StatusCode::BAD_REQUEST, Some("Bad Expires"), |_| {})),
+    }
+}
+
+fn bad_event(req: &Request) -> Action {
+    reply(req, StatusCode::BAD_EVENT, None, |h| {
+        h.push(HeaderName::ALLOW_EVENTS, EVENT_PACKAGE);
+    })
+}
+
+fn verdict_status(v: &Verdict) -> StatusCode {
+    match v {
+        Verdict::Ok { .. } => StatusCode::OK,
+        Verdict::Unauthorized => StatusCode::UNAUTHORIZED,
+        Verdict::Forbidden => StatusCode::FORBIDDEN,
+        Verdict::NotFound => StatusCode::NOT_FOUND,
+        Verdict::IntervalTooBrief { .. } => StatusCode::INTERVAL_TOO_BRIEF,
+        Verdict::BadEvent => StatusCode::BAD_EVENT,
+        Verdict::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+        Verdict::NoSuchSubscription => StatusCode::CALL_DOES_NOT_EXIST,
+        Verdict::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Verdict::Internal => StatusCode::SERVER_INTERNAL_ERROR,
+    }
+}
+
+/// A response to `req` (RFC 3261 §8.2.6): copied headers, a To-tag when the request had none.
+fn reply(
+    req: &Request,
+    status: StatusCode,
+    reason: Option<&str>,
+    extra: impl FnOnce(&mut sip::Headers),
+) -> Action {
+    let mut resp = Response::for_request(req, status);
+    if let Some(r) = reason {
+        resp.reason = r.to_owned();
+    }
+    if status != StatusCode::TRYING && to_tag(req).is_none() {
+        set_to_tag(&mut resp.headers, &random_tag_for(req));
+    }
+    extra(&mut resp.headers);
+    Action::Send(Message::Response(resp))
+}
+
+/// Sets the To-tag of a response (replacing one `reply` may have set).
+fn set_to_tag(headers: &mut sip::Headers, tag: &str) {
+    if let Some(mut to) = headers.get(&HeaderName::TO).and_then(|t| NameAddr::parse(t).ok()) {
+        to.set_tag(tag);
+        headers.set(HeaderName::TO, to.to_string());
+    }
+}
+
+/// A To-tag for a response outside any dialog: derived from the request so retransmissions
+/// get the same tag (RFC 3261 §8.2.6.2 only asks that it be stable per request).
+fn random_tag_for(req: &Request) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    req.headers.get(&HeaderName::CALL_ID).hash(&mut h);
+    req.headers.get(&HeaderName::FROM).hash(&mut h);
+    req.headers.get(&HeaderName::CSEQ).hash(&mut h);
+    format!("{:016x}", h.finish())
+}

@@ -1,0 +1,151 @@
+//! Transports. WebSocket (RFC 7118) is served today; the per-connection shell in
+//! [`connection`] is transport-agnostic apart from framing.
+
+pub mod connection;
+pub mod ws;
+
+use sip::{HeaderName, Request, Via};
+use std::net::SocketAddr;
+
+/// RFC 3261 §18.2.1 and RFC 3581: note where the request really came from in its top Via
+/// (`received` when the sent-by host differs from the source address, `rport` filled in when
+/// the client asked for it). Browser clients put an unresolvable `*.invalid` host there.
+pub fn stamp_via(req: &mut Request, peer: SocketAddr) {
+    let Some(first) = req.headers.get_split(&HeaderName::VIA).next() else {
+        return;
+    };
+    let Ok(mut via) = Via::parse(first) else {
+        return;
+    };
+    let ip = peer.ip().to_string();
+    if via.host.trim_start_matches('[').trim_end_matches(']') != ip {
+        via.params.set("received", Some(&ip));
+    }
+    if via.params.contains("rport") {
+        via.params.set("rport", Some(&peer.port().to_string()));
+    }
+    replace_first_via(req, &via.to_string());
+}
+
+/// Replaces the first Via value, keeping any further values of that line and later lines.
+fn replace_first_via(req: &mut Request, top: &str) {
+    let all: Vec<String> = req
+        .headers
+        .get_split(&HeaderName::VIA)
+        .map(str::to_owned)
+        .collect();
+    req.headers.remove(&HeaderName::VIA);
+    let mut vias = all.into_iter();
+    vias.next();
+    let mut rebuilt = Vec::with_capacity(1 + vias.len());
+    rebuilt.push(top.to_owned());
+    rebuilt.extend(vias);
+    // Via must stay first among the headers for readability; position does not matter to SIP.
+    let rest: Vec<(HeaderName, String)> = req
+        .headers
+        .iter()
+        .map(|(n, v)| (n.clone(), v.to_owned()))
+        .collect();
+    let mut headers = sip::Headers::new();
+    for v in rebuilt {
+        headers.push(HeaderName::VIA, v);
+    }
+    for (n, v) in rest {
+        headers.push(n, v);
+    }
+    req.headers = headers;
+}
+
+/// A `400` for a message the codec rejected, built from its raw header lines when the five
+/// headers a response needs can be found (so the client learns why); `None` otherwise, and
+/// the caller drops the message with a log line. Never used for responses.
+pub fn salvage_bad_request(buf: &[u8], reason: &str) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(buf).ok()?;
+    let head = text.split("\r\n\r\n").next()?;
+    let mut lines = head.split("\r\n");
+    let start = lines.next()?;
+    if start.starts_with("SIP/") || !start.ends_with("SIP/2.0") {
+        return None;
+    }
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        let name = match name.trim().to_ascii_lowercase().as_str() {
+            "via" | "v" => "Via",
+            "from" | "f" => "From",
+            "to" | "t" => "To",
+            "call-id" | "i" => "Call-ID",
+            "cseq" => "CSeq",
+            _ => continue,
+        };
+        out.push((name, value.trim()));
+    }
+    for needed in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        if !out.iter().any(|(n, _)| *n == needed) {
+            return None;
+        }
+    }
+    let reason: String = reason.chars().filter(|c| !c.is_control()).collect();
+    let mut resp = format!("SIP/2.0 400 {reason}\r\n");
+    for (n, v) in out {
+        if v.chars().any(char::is_control) {
+            return None;
+        }
+        resp.push_str(&format!("{n}: {v}\r\n"));
+    }
+    resp.push_str("Content-Length: 0\r\n\r\n");
+    Some(resp.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(via: &str) -> Request {
+        let raw = format!(
+            "OPTIONS sip:x@example.com SIP/2.0\r\nVia: {via}\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKold\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:x@example.com>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        match sip::parse_message(raw.as_bytes()).unwrap() {
+            sip::Message::Request(r) => r,
+            sip::Message::Response(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn stamps_received_and_rport_on_the_top_via_only() {
+        let mut req = request("SIP/2.0/WSS abc.invalid;branch=z9hG4bK1;rport");
+        stamp_via(&mut req, "127.0.0.1:40000".parse().unwrap());
+        let vias: Vec<&str> = req.headers.get_split(&HeaderName::VIA).collect();
+        assert_eq!(
+            vias,
+            vec![
+                "SIP/2.0/WSS abc.invalid;branch=z9hG4bK1;rport=40000;received=127.0.0.1",
+                "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKold"
+            ]
+        );
+    }
+
+    #[test]
+    fn no_received_when_the_host_is_the_source() {
+        let mut req = request("SIP/2.0/WS 127.0.0.1:5;branch=z9hG4bK1");
+        stamp_via(&mut req, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(
+            req.headers.get(&HeaderName::VIA),
+            Some("SIP/2.0/WS 127.0.0.1:5;branch=z9hG4bK1")
+        );
+    }
+
+    #[test]
+    fn salvages_a_400_only_when_the_response_headers_are_there() {
+        let bad = b"SUBSCRIBE <sip:x@example.com> SIP/2.0\r\nv: SIP/2.0/WS h.invalid;branch=z9hG4bKa\r\nf: <sip:a@example.com>;tag=1\r\nt: <sip:x@example.com>\r\ni: abc\r\nCSeq: 1 SUBSCRIBE\r\n\r\n";
+        let resp = String::from_utf8(salvage_bad_request(bad, "Bad Request-URI").unwrap()).unwrap();
+        assert_eq!(
+            resp,
+            "SIP/2.0 400 Bad Request-URI\r\nVia: SIP/2.0/WS h.invalid;branch=z9hG4bKa\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:x@example.com>\r\nCall-ID: abc\r\nCSeq: 1 SUBSCRIBE\r\nContent-Length: 0\r\n\r\n"
+        );
+        assert!(salvage_bad_request(b"\x00\xff garbage", "x").is_none());
+        assert!(salvage_bad_request(b"SIP/2.0 200 OK\r\nVia: a\r\n\r\n", "x").is_none());
+        let no_call_id = b"SUBSCRIBE sip:x@e SIP/2.0\r\nVia: a\r\nFrom: b\r\nTo: c\r\nCSeq: 1 SUBSCRIBE\r\n\r\n";
+        assert!(salvage_bad_request(no_call_id, "x").is_none());
+    }
+}

@@ -1,0 +1,134 @@
+//! `conflist.v1` ⇄ domain types, in one place.
+
+use crate::notifier::{
+    Answer, Command, Event, Notification, Outcome, Reason, State, SubscriptionId, Verdict,
+};
+use proto::v1::{
+    self, proxy_message, server_message, AnswerStatus, DeliveryOutcome, ProxyMessage,
+    ServerMessage, SubscriptionState, TerminationReason,
+};
+
+pub(super) fn to_proto(c: Command) -> ProxyMessage {
+    let kind = match c {
+        Command::Subscribe {
+            sub,
+            request_id,
+            subscriber,
+            requester,
+            event,
+            accept,
+            expires,
+        } => proxy_message::Kind::Subscribe(v1::Subscribe {
+            subscription_id: sub,
+            request_id,
+            subscriber_uri: subscriber,
+            requester_uri: requester,
+            credentials: None,
+            event,
+            accept,
+            expires,
+            resume_version: None,
+        }),
+        Command::Refresh {
+            sub,
+            request_id,
+            expires,
+        } => proxy_message::Kind::Refresh(v1::Refresh {
+            subscription_id: sub,
+            request_id,
+            expires,
+        }),
+        Command::Unsubscribe { sub } => {
+            proxy_message::Kind::Unsubscribe(v1::Unsubscribe { subscription_id: sub })
+        }
+        Command::Delivered {
+            sub,
+            version,
+            outcome,
+        } => proxy_message::Kind::Delivered(v1::Delivered {
+            subscription_id: sub,
+            version,
+            outcome: match outcome {
+                Outcome::Accepted => DeliveryOutcome::Accepted,
+                Outcome::Rejected => DeliveryOutcome::Rejected,
+                Outcome::Timeout => DeliveryOutcome::Timeout,
+            }
+            .into(),
+        }),
+    };
+    ProxyMessage { kind: Some(kind) }
+}
+
+/// The subscription and request id of a Subscribe or Refresh.
+pub(super) fn request_of(m: &ProxyMessage) -> Option<(SubscriptionId, u64)> {
+    match &m.kind {
+        Some(proxy_message::Kind::Subscribe(s)) => Some((s.subscription_id.clone(), s.request_id)),
+        Some(proxy_message::Kind::Refresh(r)) => Some((r.subscription_id.clone(), r.request_id)),
+        _ => None,
+    }
+}
+
+pub(super) fn from_proto(m: ServerMessage) -> Option<(SubscriptionId, Event)> {
+    match m.kind? {
+        server_message::Kind::Answer(a) => {
+            let status = AnswerStatus::try_from(a.status).unwrap_or_default();
+            let verdict = match status {
+                AnswerStatus::Ok => Verdict::Ok {
+                    granted: a.granted_expires,
+                },
+                AnswerStatus::Unauthorized => Verdict::Unauthorized,
+                AnswerStatus::Forbidden => Verdict::Forbidden,
+                AnswerStatus::NotFound => Verdict::NotFound,
+                AnswerStatus::IntervalTooBrief => Verdict::IntervalTooBrief { min: a.min_expires },
+                AnswerStatus::BadEvent => Verdict::BadEvent,
+                AnswerStatus::NotAcceptable => Verdict::NotAcceptable,
+                AnswerStatus::NoSuchSubscription => Verdict::NoSuchSubscription,
+                AnswerStatus::Unavailable => Verdict::Unavailable,
+                AnswerStatus::InternalError | AnswerStatus::Unspecified => Verdict::Internal,
+            };
+            let sub = a.subscription_id;
+            Some((
+                sub.clone(),
+                Event::Answer(Answer {
+                    sub,
+                    request_id: a.request_id,
+                    verdict,
+                }),
+            ))
+        }
+        server_message::Kind::Notification(n) => {
+            let state = match SubscriptionState::try_from(n.state).unwrap_or_default() {
+                SubscriptionState::Active => State::Active,
+                SubscriptionState::Pending => State::Pending,
+                SubscriptionState::Terminated | SubscriptionState::Unspecified => {
+                    State::Terminated(reason(n.reason))
+                }
+            };
+            let sub = n.subscription_id;
+            Some((
+                sub.clone(),
+                Event::Notification(Notification {
+                    sub,
+                    version: n.version,
+                    state,
+                    expires: n.expires,
+                    content_type: (!n.content_type.is_empty()).then_some(n.content_type),
+                    body: n.body,
+                }),
+            ))
+        }
+    }
+}
+
+fn reason(r: i32) -> Reason {
+    match TerminationReason::try_from(r).unwrap_or_default() {
+        TerminationReason::Deactivated => Reason::Deactivated,
+        TerminationReason::Probation => Reason::Probation,
+        TerminationReason::Rejected => Reason::Rejected,
+        TerminationReason::Timeout => Reason::Timeout,
+        TerminationReason::Giveup => Reason::Giveup,
+        TerminationReason::Noresource => Reason::Noresource,
+        TerminationReason::Invariant => Reason::Invariant,
+        TerminationReason::Unspecified => Reason::None,
+    }
+}

@@ -1,0 +1,225 @@
+//! A SIP-over-WebSocket test client that speaks like a browser library: Contact in
+//! `.invalid`, Via transport `WSS`, one SIP message per WebSocket message.
+
+use crate::EVENT_TIMEOUT;
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use sip::{HeaderName, Message, Request, Response, StatusCode};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message as Ws;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// One WebSocket connection to the proxy.
+#[derive(Debug)]
+pub struct SipWsClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Random per client, used in Call-IDs, tags and the Contact host.
+    id: String,
+    branch: u64,
+}
+
+/// An established subscription dialog, from the subscriber's side.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub user: String,
+    pub call_id: String,
+    pub from_tag: String,
+    pub to_tag: String,
+    pub cseq: u32,
+}
+
+/// What the first exchange of a SUBSCRIBE produced.
+#[derive(Debug)]
+pub struct Subscribed {
+    pub response: Response,
+    pub dialog: Subscription,
+}
+
+impl SipWsClient {
+    /// Connects with subprotocol `sip`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let mut req = url.into_client_request()?;
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", "sip".parse()?);
+        let (ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .with_context(|| format!("connect {url}"))?;
+        let proto = resp.headers().get("sec-websocket-protocol");
+        if proto.map(|p| p.as_bytes()) != Some(b"sip") {
+            bail!("server did not select subprotocol sip: {proto:?}");
+        }
+        Ok(Self {
+            ws,
+            id: format!("{:012x}", rand::random::<u64>() >> 16),
+            branch: 0,
+        })
+    }
+
+    /// Sends raw text as one WebSocket message.
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        Ok(self.ws.send(Ws::Text(text.into())).await?)
+    }
+
+    /// Sends raw bytes as one binary WebSocket message.
+    pub async fn send_binary(&mut self, bytes: &[u8]) -> Result<()> {
+        Ok(self.ws.send(Ws::Binary(bytes.to_vec().into())).await?)
+    }
+
+    /// The next text or binary message as raw bytes; pings are skipped.
+    pub async fn recv_raw(&mut self) -> Result<Vec<u8>> {
+        loop {
+            let msg = tokio::time::timeout(EVENT_TIMEOUT, self.ws.next())
+                .await
+                .context("no message from the proxy within the timeout")?
+                .ok_or_else(|| anyhow!("connection closed"))??;
+            match msg {
+                Ws::Text(t) => return Ok(t.as_bytes().to_vec()),
+                Ws::Binary(b) => return Ok(b.to_vec()),
+                Ws::Close(_) => bail!("connection closed"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next SIP message.
+    pub async fn recv(&mut self) -> Result<Message> {
+        let raw = self.recv_raw().await?;
+        sip::parse_message(&raw).map_err(|e| {
+            anyhow!("proxy sent unparseable SIP ({e}): {}", String::from_utf8_lossy(&raw))
+        })
+    }
+
+    /// The next message, which must be a response.
+    pub async fn recv_response(&mut self) -> Result<Response> {
+        match self.recv().await? {
+            Message::Response(r) => Ok(r),
+            Message::Request(r) => bail!("expected a response, got {} request", r.method),
+        }
+    }
+
+    /// The next message, which must be a NOTIFY.
+    pub async fn recv_notify(&mut self) -> Result<Request> {
+        match self.recv().await? {
+            Message::Request(r) if r.method == sip::Method::Notify => Ok(r),
+            other => bail!("expected a NOTIFY, got {:?}", start_line(&other)),
+        }
+    }
+
+    /// True when the proxy closes the connection before `EVENT_TIMEOUT`.
+    pub async fn closed(&mut self) -> bool {
+        loop {
+            match tokio::time::timeout(EVENT_TIMEOUT, self.ws.next()).await {
+                Err(_) => return false,
+                Ok(None | Some(Err(_)) | Some(Ok(Ws::Close(_)))) => return true,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// Answers a request (e.g. 200 to a NOTIFY).
+    pub async fn respond(&mut self, req: &Request, status: u16) -> Result<()> {
+        let status = StatusCode::new(status).context("status")?;
+        let resp = Response::for_request(req, status);
+        self.send_text(&String::from_utf8(resp.to_bytes())?).await
+    }
+
+    fn next_branch(&mut self) -> String {
+        self.branch += 1;
+        format!("z9hG4bK{}x{}", self.id, self.branch)
+    }
+
+    /// A dialog-creating SUBSCRIBE for `user`'s list; `extra` lines go in verbatim
+    /// (each ending in CRLF), e.g. `Accept: …\r\n` or `Expires: 2\r\n`.
+    pub fn initial_subscribe(&mut self, user: &str, call_id: &str, extra: &str) -> String {
+        let branch = self.next_branch();
+        let id = &self.id;
+        format!(
+            "SUBSCRIBE sip:{user}@example.com SIP/2.0\r\n\
+             Via: SIP/2.0/WSS {id}.invalid;branch={branch}\r\n\
+             Max-Forwards: 70\r\n\
+             To: <sip:{user}@example.com>\r\n\
+             From: \"{user}\" <sip:{user}@example.com>;tag=ft{id}\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: 1 SUBSCRIBE\r\n\
+             Contact: <sip:{id}@{id}.invalid;transport=ws>\r\n\
+             Event: conference-list\r\n\
+             {extra}\
+             Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    /// SUBSCRIBE with Accept and Expires → expects 200; returns the dialog.
+    pub async fn subscribe(&mut self, user: &str, expires: u32) -> Result<Subscribed> {
+        let call_id = format!("{}-{}", self.id, rand::random::<u32>());
+        let req = self.initial_subscribe(
+            user,
+            &call_id,
+            &format!("Accept: application/conference-list+xml\r\nExpires: {expires}\r\n"),
+        );
+        self.send_text(&req).await?;
+        let response = self.recv_response().await?;
+        if response.status != StatusCode::OK {
+            bail!("SUBSCRIBE answered {} {}", response.status.as_u16(), response.reason);
+        }
+        let to_tag = name_addr(&response, &HeaderName::TO)?
+            .tag()
+            .context("200 without To-tag")?
+            .to_owned();
+        Ok(Subscribed {
+            response,
+            dialog: Subscription {
+                user: user.to_owned(),
+                call_id,
+                from_tag: format!("ft{}", self.id),
+                to_tag,
+                cseq: 1,
+            },
+        })
+    }
+
+    /// An in-dialog SUBSCRIBE (refresh, or unsubscribe with `expires` 0).
+    pub async fn resubscribe(&mut self, d: &mut Subscription, expires: u32) -> Result<()> {
+        d.cseq += 1;
+        let branch = self.next_branch();
+        let id = &self.id;
+        let (user, call_id, from_tag, to_tag, cseq) =
+            (&d.user, &d.call_id, &d.from_tag, &d.to_tag, d.cseq);
+        let req = format!(
+            "SUBSCRIBE sip:conflist@proxy.invalid SIP/2.0\r\n\
+             Via: SIP/2.0/WSS {id}.invalid;branch={branch}\r\n\
+             Max-Forwards: 70\r\n\
+             To: <sip:{user}@example.com>;tag={to_tag}\r\n\
+             From: <sip:{user}@example.com>;tag={from_tag}\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {cseq} SUBSCRIBE\r\n\
+             Contact: <sip:{id}@{id}.invalid;transport=ws>\r\n\
+             Event: conference-list\r\n\
+             Expires: {expires}\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        self.send_text(&req).await
+    }
+}
+
+/// A header parsed as name-addr.
+pub fn name_addr(resp: &Response, name: &HeaderName) -> Result<sip::NameAddr> {
+    let v = resp
+        .headers
+        .get(name)
+        .with_context(|| format!("no {name:?} header"))?;
+    Ok(sip::NameAddr::parse(v)?)
+}
+
+/// The entities of every conference in a NOTIFY body, parsed with the document crate.
+pub fn document_of(notify: &Request) -> Result<document::ConferenceList> {
+    document::ConferenceList::parse(&notify.body)
+        .map_err(|e| anyhow!("NOTIFY body is not a conference-list document: {e}"))
+}
+
+fn start_line(m: &Message) -> String {
+    match m {
+        Message::Request(r) => format!("{} request", r.method),
+        Message::Response(r) => format!("{} response", r.status.as_u16()),
+    }
+}

@@ -1,0 +1,190 @@
+//! The real binaries as child processes on loopback ports chosen by the OS. A process is
+//! ready when it prints its `READY …` line; it is killed when its handle is dropped.
+
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Directory of the built binaries: `CONFLIST_BIN_DIR`, else the target dir of this test.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("CONFLIST_BIN_DIR") {
+        return dir.into();
+    }
+    // target/<profile>/deps/it-<hash> → target/<profile>
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+fn binary(name: &str) -> Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build the binaries first (`cargo build --workspace --bins`)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Knobs for a test server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub min_expires: u32,
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            min_expires: 1,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A running `conflist-server`.
+#[derive(Debug)]
+pub struct Server {
+    pub child: Child,
+    pub grpc: String,
+    pub admin: String,
+}
+
+/// A running `conflist-proxy`.
+#[derive(Debug)]
+pub struct Proxy {
+    pub child: Child,
+    pub ws_url: String,
+    pub admin: String,
+}
+
+/// Starts a server on `database_url` with the demo data loaded.
+pub async fn spawn_server(database_url: &str, opts: &ServerOptions) -> Result<Server> {
+    let mut cmd = Command::new(binary("conflist-server")?);
+    cmd.args([
+        "--database-url",
+        database_url,
+        "--demo-data",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--min-expires",
+        &opts.min_expires.to_string(),
+        "--shutdown-grace",
+        "3s",
+    ]);
+    cmd.args(&opts.extra_args);
+    let (child, fields) = start(cmd, &["grpc", "admin"]).await?;
+    Ok(Server {
+        child,
+        grpc: format!("http://{}", fields[0]),
+        admin: fields[1].clone(),
+    })
+}
+
+/// Starts a proxy in front of `server` and waits until its gRPC session is up.
+pub async fn spawn_proxy(server: &Server, extra_args: &[&str]) -> Result<Proxy> {
+    let mut cmd = Command::new(binary("conflist-proxy")?);
+    cmd.args([
+        "--server",
+        &server.grpc,
+        "--ws-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--shutdown-grace",
+        "3s",
+    ]);
+    cmd.args(extra_args);
+    let (child, fields) = start(cmd, &["ws", "admin"]).await?;
+    let proxy = Proxy {
+        child,
+        ws_url: fields[0].clone(),
+        admin: fields[1].clone(),
+    };
+    wait_ready(&proxy.admin).await?;
+    Ok(proxy)
+}
+
+/// Sends SIGTERM (graceful shutdown).
+pub fn terminate(child: &Child) -> Result<()> {
+    let pid = child.id().context("process already gone")?;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill -TERM {pid} failed");
+    }
+    Ok(())
+}
+
+async fn start(mut cmd: Command, keys: &[&str]) -> Result<(Child, Vec<String>)> {
+    cmd.stdout(Stdio::piped())
+        .stderr(if std::env::var_os("CONFLIST_TEST_LOGS").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .env("RUST_LOG", "info")
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().context("spawn")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .context("process did not print READY within 30 s")??
+        .context("process exited before READY (run with CONFLIST_TEST_LOGS=1 to see why)")?;
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let fields = keys
+        .iter()
+        .map(|k| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(&format!("{k}=")))
+                .map(str::to_owned)
+                .with_context(|| format!("no {k}= in {line:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((child, fields))
+}
+
+/// Polls `/readyz` (an event we cannot subscribe to) every 20 ms for at most 10 s.
+async fn wait_ready(admin: &str) -> Result<()> {
+    for _ in 0..500 {
+        if http_get_status(admin, "/readyz").await.ok() == Some(200) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("proxy at {admin} not ready within 10 s")
+}
+
+/// Minimal HTTP/1.0 GET returning the status code.
+pub async fn http_get_status(addr: &str, path: &str) -> Result<u16> {
+    Ok(http_get(addr, path).await?.0)
+}
+
+/// Minimal HTTP/1.0 GET returning status and body.
+pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("bad HTTP response")?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
