@@ -1,11 +1,11 @@
 //! Admin HTTP endpoint: `/livez`, `/readyz` (a subscriber-server session is up), `/metrics`.
 
 use crate::upstream::Upstreams;
+use axum::Router;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
@@ -31,7 +31,10 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     if state.upstreams.any_connected() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no subscriber-server session\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no subscriber-server session\n",
+        )
     }
 }
 

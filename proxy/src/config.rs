@@ -16,7 +16,12 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// subscriber-server gRPC endpoints, comma-separated; subscribers are spread over them by
     /// rendezvous hashing.
-    #[arg(long = "server", env = "CONFLIST_SERVERS", value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long = "server",
+        env = "CONFLIST_SERVERS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub servers: Vec<String>,
     /// host[:port] this proxy puts in Via and Contact (default: the WebSocket listen address).
     #[arg(long, env = "CONFLIST_PUBLIC_HOST")]
@@ -25,7 +30,11 @@ pub struct Config {
     #[arg(long, env = "CONFLIST_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Most subscriptions (dialogs) on one connection.
-    #[arg(long, env = "CONFLIST_MAX_DIALOGS_PER_CONNECTION", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "CONFLIST_MAX_DIALOGS_PER_CONNECTION",
+        default_value_t = 10_000
+    )]
     pub max_dialogs_per_connection: usize,
     /// Largest SIP message accepted, bytes (larger closes the connection).
     #[arg(long, env = "CONFLIST_MAX_MESSAGE_SIZE", default_value_t = 65_536)]

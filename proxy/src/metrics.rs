@@ -31,15 +31,39 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
         let r = registry.sub_registry_with_prefix("conflist_proxy");
-        r.register("connections", "Open client connections", m.connections.clone());
-        r.register("connections_refused", "Upgrades refused at the connection cap", m.connections_refused.clone());
+        r.register(
+            "connections",
+            "Open client connections",
+            m.connections.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Upgrades refused at the connection cap",
+            m.connections_refused.clone(),
+        );
         r.register("dialogs", "Live subscription dialogs", m.dialogs.clone());
         r.register("sip_requests", "SIP requests received", m.requests.clone());
-        r.register("parse_errors", "Malformed SIP messages", m.parse_errors.clone());
+        r.register(
+            "parse_errors",
+            "Malformed SIP messages",
+            m.parse_errors.clone(),
+        );
         r.register("notifies", "NOTIFY requests sent", m.notifies.clone());
-        r.register("slow_connections_closed", "Connections closed for not keeping up", m.slow_connections_closed.clone());
-        r.register("upstream_sessions", "Open subscriber-server sessions", m.upstream_sessions.clone());
-        r.register("upstream_unavailable", "Commands that could not reach a subscriber-server", m.upstream_unavailable.clone());
+        r.register(
+            "slow_connections_closed",
+            "Connections closed for not keeping up",
+            m.slow_connections_closed.clone(),
+        );
+        r.register(
+            "upstream_sessions",
+            "Open subscriber-server sessions",
+            m.upstream_sessions.clone(),
+        );
+        r.register(
+            "upstream_unavailable",
+            "Commands that could not reach a subscriber-server",
+            m.upstream_unavailable.clone(),
+        );
         m
     }
 }

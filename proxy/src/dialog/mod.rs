@@ -12,12 +12,13 @@ mod build;
 #[cfg(test)]
 mod tests;
 
-use crate::notifier::{Answer, Command, Event, Notification, Outcome, Reason, State, SubscriptionId, Verdict};
+use crate::notifier::{
+    Answer, Command, Event, Notification, Outcome, Reason, State, SubscriptionId, Verdict,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sip::{
-    Event as EventHeader, HeaderName, Message, Method, NameAddr, Request, Response, StatusCode,
-    Uri,
+    Event as EventHeader, HeaderName, Message, Method, NameAddr, Request, Response, StatusCode, Uri,
 };
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -161,7 +162,12 @@ impl Dialogs {
             return Vec::new(); // never answered (RFC 3261 §17.2.1)
         }
         if let Err(e) = sip::validate::check_request(&req) {
-            return vec![reply(&req, StatusCode::BAD_REQUEST, Some(&e.to_string()), |_| {})];
+            return vec![reply(
+                &req,
+                StatusCode::BAD_REQUEST,
+                Some(&e.to_string()),
+                |_| {},
+            )];
         }
         let to_tag = to_tag(&req);
         match (&req.method, to_tag) {
@@ -193,7 +199,7 @@ impl Dialogs {
     fn on_initial_subscribe(&mut self, req: Request) -> Vec<Action> {
         let checked = match check_initial(&req) {
             Ok(c) => c,
-            Err(rejection) => return vec![rejection],
+            Err(rejection) => return vec![*rejection],
         };
         if self.dialogs.len() >= self.cfg.max_dialogs {
             return vec![reply(
@@ -261,32 +267,63 @@ impl Dialogs {
         let event = req.headers.get(&HeaderName::EVENT).map(EventHeader::parse);
         let expires = match optional_seconds(&req, &HeaderName::EXPIRES) {
             Ok(e) => e,
-            Err(r) => return vec![r],
+            Err(r) => return vec![*r],
         };
         let request_id = self.take_request_id();
         let Some(d) = self.dialogs.get_mut(&sub) else {
             return vec![reply(&req, StatusCode::CALL_DOES_NOT_EXIST, None, |_| {})];
         };
         if cseq <= d.remote_cseq {
-            return vec![reply(&req, StatusCode::SERVER_INTERNAL_ERROR, Some("CSeq out of order"), |_| {})];
+            return vec![reply(
+                &req,
+                StatusCode::SERVER_INTERNAL_ERROR,
+                Some("CSeq out of order"),
+                |_| {},
+            )];
         }
         match event {
             Some(Ok(e)) if e.package == EVENT_PACKAGE => {}
             Some(Ok(_)) => return vec![bad_event(&req)],
-            Some(Err(_)) => return vec![reply(&req, StatusCode::BAD_REQUEST, Some("Bad Event"), |_| {})],
-            None => return vec![reply(&req, StatusCode::BAD_REQUEST, Some("Missing Event"), |_| {})],
+            Some(Err(_)) => {
+                return vec![reply(
+                    &req,
+                    StatusCode::BAD_REQUEST,
+                    Some("Bad Event"),
+                    |_| {},
+                )];
+            }
+            None => {
+                return vec![reply(
+                    &req,
+                    StatusCode::BAD_REQUEST,
+                    Some("Missing Event"),
+                    |_| {},
+                )];
+            }
         }
         d.remote_cseq = cseq;
         if d.phase != Phase::Active || d.pending.len() >= MAX_PENDING_REQUESTS {
-            return vec![reply(&req, StatusCode::SERVER_INTERNAL_ERROR, Some("Request pending"), |h| {
-                h.push(HeaderName::RETRY_AFTER, "1");
-            })];
+            return vec![reply(
+                &req,
+                StatusCode::SERVER_INTERNAL_ERROR,
+                Some("Request pending"),
+                |h| {
+                    h.push(HeaderName::RETRY_AFTER, "1");
+                },
+            )];
         }
         // RFC 3261 §12.2.2: a target refresh request may replace the remote target.
         if let Some(contact) = req.headers.get_split(&HeaderName::CONTACT).next() {
             match NameAddr::parse(contact) {
                 Ok(c) => d.remote_target = c.uri,
-                Err(_) => return vec![reply(&req, StatusCode::BAD_REQUEST, Some("Bad Contact"), |_| {})],
+                Err(_) => {
+                    return vec![reply(
+                        &req,
+                        StatusCode::BAD_REQUEST,
+                        Some("Bad Contact"),
+                        |_| {},
+                    )];
+                }
             }
         }
         d.pending.push((request_id, req));
@@ -300,17 +337,21 @@ impl Dialogs {
     /// Something the notifier sent for a subscription of this connection.
     pub fn on_event(&mut self, event: Event, now: Instant) -> Vec<Action> {
         match event {
-            Event::Answer(a) => self.on_answer(a, now),
+            Event::Answer(a) => self.on_answer(&a, now),
             Event::Notification(n) => self.on_notification(n, now),
         }
     }
 
-    fn on_answer(&mut self, answer: Answer, now: Instant) -> Vec<Action> {
+    fn on_answer(&mut self, answer: &Answer, now: Instant) -> Vec<Action> {
         let contact = self.contact();
         let Some(d) = self.dialogs.get_mut(&answer.sub) else {
             return Vec::new();
         };
-        let Some(pos) = d.pending.iter().position(|(id, _)| *id == answer.request_id) else {
+        let Some(pos) = d
+            .pending
+            .iter()
+            .position(|(id, _)| *id == answer.request_id)
+        else {
             return Vec::new();
         };
         let (_, req) = d.pending.remove(pos);
@@ -329,7 +370,9 @@ impl Dialogs {
             verdict => reply(&req, verdict_status(verdict), None, |h| {
                 with_tag(h);
                 match verdict {
-                    Verdict::IntervalTooBrief { min } => h.push(HeaderName::MIN_EXPIRES, min.to_string()),
+                    Verdict::IntervalTooBrief { min } => {
+                        h.push(HeaderName::MIN_EXPIRES, min.to_string())
+                    }
                     Verdict::BadEvent => h.push(HeaderName::ALLOW_EVENTS, EVENT_PACKAGE),
                     Verdict::NotAcceptable => h.push(HeaderName::ACCEPT, CONTENT_TYPE),
                     Verdict::Unavailable => h.push(HeaderName::RETRY_AFTER, "5"),
@@ -337,7 +380,7 @@ impl Dialogs {
                 }
             }),
         };
-        let ends_dialog = match answer.verdict {
+        let ends_dialog = match &answer.verdict {
             Verdict::Ok { .. } => false,
             Verdict::NoSuchSubscription => true,
             _ => initial,
@@ -377,7 +420,7 @@ impl Dialogs {
     }
 
     /// A response from the client: the answer to one of our NOTIFYs.
-    pub fn on_response(&mut self, resp: Response, now: Instant) -> Vec<Action> {
+    pub fn on_response(&mut self, resp: &Response, now: Instant) -> Vec<Action> {
         let branch = sip::Via::parse_all(&resp.headers)
             .ok()
             .and_then(|v| v.into_iter().next())
@@ -406,7 +449,11 @@ impl Dialogs {
         self.by_branch.remove(&done.branch);
         self.deadlines.remove(&(done.deadline, sub.clone()));
         let accepted = resp.status.is_success();
-        let outcome = if accepted { Outcome::Accepted } else { Outcome::Rejected };
+        let outcome = if accepted {
+            Outcome::Accepted
+        } else {
+            Outcome::Rejected
+        };
         let mut actions = Vec::new();
         if done.version_known() {
             actions.push(Action::Upstream(Command::Delivered {
@@ -505,7 +552,11 @@ impl Dialogs {
         d.in_flight = Some(InFlight {
             branch: branch.clone(),
             cseq: d.local_cseq,
-            version: if n.content_type.is_some() || !terminal { n.version } else { u64::MAX },
+            version: if n.content_type.is_some() || !terminal {
+                n.version
+            } else {
+                u64::MAX
+            },
             deadline,
             terminal,
         });
@@ -527,7 +578,9 @@ impl Dialogs {
 
     fn find(&self, req: &Request, local_tag: &str) -> Option<SubscriptionId> {
         let call_id = req.headers.get(&HeaderName::CALL_ID)?.trim();
-        let sub = self.by_key.get(&(call_id.to_owned(), local_tag.to_owned()))?;
+        let sub = self
+            .by_key
+            .get(&(call_id.to_owned(), local_tag.to_owned()))?;
         let from_tag = from_tag(req)?;
         let d = self.dialogs.get(sub)?;
         (d.remote_tag == from_tag).then(|| sub.clone())
@@ -573,56 +626,66 @@ struct Initial {
 }
 
 /// RFC 6665 §4.2.1 checks of a dialog-creating SUBSCRIBE; a rejection is the response to send.
-fn check_initial(req: &Request) -> Result<Initial, Action> {
+fn check_initial(req: &Request) -> Result<Initial, Box<Action>> {
     let bad = |reason: &str| reply(req, StatusCode::BAD_REQUEST, Some(reason), |_| {});
     if !req.uri.is_sip() {
-        return Err(reply(req, StatusCode::UNSUPPORTED_URI_SCHEME, None, |_| {}));
+        return Err(reply(req, StatusCode::UNSUPPORTED_URI_SCHEME, None, |_| {}).into());
     }
-    if let Some(mf) = req.headers.get(&HeaderName::MAX_FORWARDS) {
-        if sip::parse_delta_seconds(mf) == Ok(0) {
-            return Err(reply(req, StatusCode::TOO_MANY_HOPS, None, |_| {}));
-        }
+    if let Some(mf) = req.headers.get(&HeaderName::MAX_FORWARDS)
+        && sip::parse_delta_seconds(mf) == Ok(0)
+    {
+        return Err(reply(req, StatusCode::TOO_MANY_HOPS, None, |_| {}).into());
     }
     let required: Vec<&str> = req.headers.get_split(&HeaderName::REQUIRE).collect();
     if !required.is_empty() {
         let unsupported = required.join(", ");
         return Err(reply(req, StatusCode::BAD_EXTENSION, None, |h| {
             h.push(HeaderName::UNSUPPORTED, unsupported.clone());
-        }));
+        })
+        .into());
     }
     let event = match req.headers.get(&HeaderName::EVENT).map(EventHeader::parse) {
-        None => return Err(bad("Missing Event")),
-        Some(Err(_)) => return Err(bad("Bad Event")),
-        Some(Ok(e)) if e.package != EVENT_PACKAGE => return Err(bad_event(req)),
+        None => return Err(bad("Missing Event").into()),
+        Some(Err(_)) => return Err(bad("Bad Event").into()),
+        Some(Ok(e)) if e.package != EVENT_PACKAGE => return Err(bad_event(req).into()),
         Some(Ok(e)) => e.to_string(),
     };
     let accept = match sip::parse_accept(&req.headers) {
-        Err(_) => return Err(bad("Bad Accept")),
+        Err(_) => return Err(bad("Bad Accept").into()),
         Ok(None) => Vec::new(), // RFC 6665 §4.1.2: no Accept = the package's default type
         Ok(Some(ranges)) => {
-            if !ranges.iter().any(|r| r.matches("application", "conference-list+xml")) {
+            if !ranges
+                .iter()
+                .any(|r| r.matches("application", "conference-list+xml"))
+            {
                 return Err(reply(req, StatusCode::NOT_ACCEPTABLE, None, |h| {
                     h.push(HeaderName::ACCEPT, CONTENT_TYPE);
-                }));
+                })
+                .into());
             }
-            req.headers.get_split(&HeaderName::ACCEPT).map(str::to_owned).collect()
+            req.headers
+                .get_split(&HeaderName::ACCEPT)
+                .map(str::to_owned)
+                .collect()
         }
     };
     let expires = optional_seconds(req, &HeaderName::EXPIRES)?;
     let Some(contact) = req.headers.get_split(&HeaderName::CONTACT).next() else {
-        return Err(bad("Missing Contact"));
+        return Err(bad("Missing Contact").into());
     };
-    let contact = NameAddr::parse(contact).map_err(|_| bad("Bad Contact"))?.uri;
-    let from = header_name_addr(req, &HeaderName::FROM).ok_or_else(|| bad("Bad From"))?;
-    let to = header_name_addr(req, &HeaderName::TO).ok_or_else(|| bad("Bad To"))?;
+    let contact = NameAddr::parse(contact)
+        .map_err(|_| Box::new(bad("Bad Contact")))?
+        .uri;
+    let from = header_name_addr(req, &HeaderName::FROM).ok_or_else(|| Box::new(bad("Bad From")))?;
+    let to = header_name_addr(req, &HeaderName::TO).ok_or_else(|| Box::new(bad("Bad To")))?;
     let Some(from_tag) = from.tag().map(str::to_owned) else {
-        return Err(bad("Missing From tag"));
+        return Err(bad("Missing From tag").into());
     };
     let Some(subscriber) = req.uri.aor() else {
-        return Err(reply(req, StatusCode::UNSUPPORTED_URI_SCHEME, None, |_| {}));
+        return Err(reply(req, StatusCode::UNSUPPORTED_URI_SCHEME, None, |_| {}).into());
     };
     let Some(requester) = from.uri.aor() else {
-        return Err(bad("Bad From"));
+        return Err(bad("Bad From").into());
     };
     let call_id = req
         .headers
@@ -664,12 +727,17 @@ fn cseq_of(req: &Request) -> u32 {
         .map_or(0, |c| c.seq)
 }
 
-fn optional_seconds(req: &Request, name: &HeaderName) -> Result<Option<u32>, Action> {
+fn optional_seconds(req: &Request, name: &HeaderName) -> Result<Option<u32>, Box<Action>> {
     match req.headers.get(name) {
         None => Ok(None),
-        Some(v) => sip::parse_delta_seconds(v)
-            .map(Some)
-            .map_err(|_| reply(req, StatusCode::BAD_REQUEST, Some("Bad Expires"), |_| {})),
+        Some(v) => sip::parse_delta_seconds(v).map(Some).map_err(|_| {
+            Box::new(reply(
+                req,
+                StatusCode::BAD_REQUEST,
+                Some("Bad Expires"),
+                |_| {},
+            ))
+        }),
     }
 }
 
@@ -714,7 +782,10 @@ fn reply(
 
 /// Sets the To-tag of a response (replacing one `reply` may have set).
 fn set_to_tag(headers: &mut sip::Headers, tag: &str) {
-    if let Some(mut to) = headers.get(&HeaderName::TO).and_then(|t| NameAddr::parse(t).ok()) {
+    if let Some(mut to) = headers
+        .get(&HeaderName::TO)
+        .and_then(|t| NameAddr::parse(t).ok())
+    {
         to.set_tag(tag);
         headers.set(HeaderName::TO, to.to_string());
     }

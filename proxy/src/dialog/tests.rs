@@ -1,1 +1,365 @@
+//! The dialog core driven without sockets: fixed seed, explicit clock.
 
+use super::*;
+use crate::notifier::{Answer, Command, Event, Notification, Outcome, Reason, State, Verdict};
+use sip::{Message, Request, Response};
+
+fn cfg(max_dialogs: usize) -> DialogConfig {
+    DialogConfig {
+        local_host: "127.0.0.1:8080".into(),
+        via_transport: "WS",
+        contact_transport: "ws",
+        notify_timeout: Duration::from_secs(32),
+        max_dialogs,
+    }
+}
+
+fn parse_req(raw: &str) -> Request {
+    match sip::parse_message(raw.as_bytes()).unwrap() {
+        Message::Request(r) => r,
+        Message::Response(_) => panic!("not a request"),
+    }
+}
+
+fn subscribe(call_id: &str, to_tag: Option<&str>, cseq: u32, extra: &str) -> Request {
+    let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+    parse_req(&format!(
+        "SUBSCRIBE sip:alice@example.com SIP/2.0\r\n\
+         Via: SIP/2.0/WSS abc.invalid;branch=z9hG4bK{cseq}\r\n\
+         Max-Forwards: 70\r\n\
+         To: <sip:alice@example.com>{to_tag}\r\n\
+         From: <sip:alice@example.com>;tag=remote1\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: {cseq} SUBSCRIBE\r\n\
+         Contact: <sip:xyz@abc.invalid;transport=ws>\r\n\
+         Event: conference-list\r\n\
+         {extra}Content-Length: 0\r\n\r\n"
+    ))
+}
+
+fn sent(actions: &[Action]) -> Vec<&Message> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(m) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+fn response(a: &Action) -> &Response {
+    match a {
+        Action::Send(Message::Response(r)) => r,
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+fn request(a: &Action) -> &Request {
+    match a {
+        Action::Send(Message::Request(r)) => r,
+        other => panic!("expected a request, got {other:?}"),
+    }
+}
+
+fn notification(sub: &str, version: u64, state: State) -> Event {
+    Event::Notification(Notification {
+        sub: sub.into(),
+        version,
+        state,
+        expires: 600,
+        content_type: Some(CONTENT_TYPE.into()),
+        body: format!("<v{version}/>").into_bytes(),
+    })
+}
+
+fn ok(sub: &str, request_id: u64, granted: u32) -> Event {
+    Event::Answer(Answer {
+        sub: sub.into(),
+        request_id,
+        verdict: Verdict::Ok { granted },
+    })
+}
+
+fn answer_to(notify: &Request, status: u16) -> Response {
+    Response::for_request(notify, sip::StatusCode::new(status).unwrap())
+}
+
+/// An established dialog: returns (dialogs, subscription id, our tag).
+fn established(now: Instant) -> (Dialogs, String, String) {
+    let mut d = Dialogs::new(cfg(10), "p-0".into(), 7);
+    let actions = d.on_request(subscribe("c1", None, 1, "Expires: 600\r\n"), now);
+    let Action::Route { sub, subscriber } = &actions[0] else {
+        panic!("first action must route: {actions:?}")
+    };
+    assert_eq!(subscriber, "sip:alice@example.com");
+    let sub = sub.clone();
+    let actions = d.on_event(ok(&sub, 1, 600), now);
+    let to = NameAddr::parse(response(&actions[0]).headers.get(&HeaderName::TO).unwrap()).unwrap();
+    (d, sub, to.tag().unwrap().to_owned())
+}
+
+#[test]
+fn initial_subscribe_routes_then_forwards_its_meaning() {
+    let mut d = Dialogs::new(cfg(10), "p-0".into(), 7);
+    let actions = d.on_request(
+        subscribe(
+            "c1",
+            None,
+            1,
+            "Accept: application/conference-list+xml\r\nExpires: 600\r\n",
+        ),
+        Instant::now(),
+    );
+    assert_eq!(
+        actions,
+        vec![
+            Action::Route {
+                sub: "p-0-0".into(),
+                subscriber: "sip:alice@example.com".into()
+            },
+            Action::Upstream(Command::Subscribe {
+                sub: "p-0-0".into(),
+                request_id: 1,
+                subscriber: "sip:alice@example.com".into(),
+                requester: "sip:alice@example.com".into(),
+                event: "conference-list".into(),
+                accept: vec!["application/conference-list+xml".into()],
+                expires: Some(600),
+            }),
+        ]
+    );
+}
+
+#[test]
+fn answer_ok_is_a_200_with_tag_contact_and_expires() {
+    let now = Instant::now();
+    let mut d = Dialogs::new(cfg(10), "p-0".into(), 7);
+    d.on_request(subscribe("c1", None, 1, ""), now);
+    let actions = d.on_event(ok("p-0-0", 1, 300), now);
+    assert_eq!(actions.len(), 1);
+    let r = response(&actions[0]);
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(r.headers.get(&HeaderName::EXPIRES), Some("300"));
+    assert_eq!(
+        r.headers.get(&HeaderName::CONTACT),
+        Some("<sip:conflist@127.0.0.1:8080;transport=ws>")
+    );
+    let to = NameAddr::parse(r.headers.get(&HeaderName::TO).unwrap()).unwrap();
+    assert_eq!(to.tag().map(str::len), Some(16));
+    assert_eq!(r.headers.get(&HeaderName::CALL_ID), Some("c1"));
+}
+
+#[test]
+fn notify_is_built_in_dialog_and_waits_for_the_previous_one() {
+    let now = Instant::now();
+    let (mut d, sub, our_tag) = established(now);
+    let actions = d.on_event(notification(&sub, 0, State::Active), now);
+    let n = request(&actions[0]).clone();
+    assert_eq!(n.method, Method::Notify);
+    assert_eq!(n.uri.to_string(), "sip:xyz@abc.invalid;transport=ws");
+    let from = NameAddr::parse(n.headers.get(&HeaderName::FROM).unwrap()).unwrap();
+    let to = NameAddr::parse(n.headers.get(&HeaderName::TO).unwrap()).unwrap();
+    assert_eq!(from.tag(), Some(our_tag.as_str()));
+    assert_eq!(to.tag(), Some("remote1"));
+    assert_eq!(n.headers.get(&HeaderName::CSEQ), Some("1 NOTIFY"));
+    assert_eq!(n.headers.get(&HeaderName::EVENT), Some("conference-list"));
+    assert_eq!(
+        n.headers.get(&HeaderName::SUBSCRIPTION_STATE),
+        Some("active;expires=600")
+    );
+    assert_eq!(n.headers.get(&HeaderName::CONTENT_TYPE), Some(CONTENT_TYPE));
+    assert!(
+        n.headers
+            .get(&HeaderName::VIA)
+            .unwrap()
+            .starts_with("SIP/2.0/WS 127.0.0.1:8080;branch=z9hG4bK")
+    );
+    assert_eq!(n.body, b"<v0/>");
+
+    // A newer notification waits behind the one in flight (one transaction per dialog).
+    assert!(
+        d.on_event(notification(&sub, 1, State::Active), now)
+            .is_empty()
+    );
+    let actions = d.on_response(&answer_to(&n, 200), now);
+    assert_eq!(
+        actions[0],
+        Action::Upstream(Command::Delivered {
+            sub: sub.clone(),
+            version: 0,
+            outcome: Outcome::Accepted
+        })
+    );
+    let n2 = request(&actions[1]);
+    assert_eq!(n2.headers.get(&HeaderName::CSEQ), Some("2 NOTIFY"));
+    assert_eq!(n2.body, b"<v1/>");
+    // A retransmitted or stray 200 for the first NOTIFY changes nothing.
+    assert!(d.on_response(&answer_to(&n, 200), now).is_empty());
+}
+
+#[test]
+fn a_notification_before_the_answer_waits_for_the_200() {
+    let now = Instant::now();
+    let mut d = Dialogs::new(cfg(10), "p-0".into(), 7);
+    d.on_request(subscribe("c1", None, 1, ""), now);
+    assert!(
+        d.on_event(notification("p-0-0", 0, State::Active), now)
+            .is_empty()
+    );
+    let actions = d.on_event(ok("p-0-0", 1, 60), now);
+    assert_eq!(sent(&actions).len(), 2);
+    assert_eq!(response(&actions[0]).status.as_u16(), 200);
+    assert_eq!(request(&actions[1]).method, Method::Notify);
+}
+
+#[test]
+fn timer_f_fails_the_delivery_and_ends_the_dialog() {
+    let now = Instant::now();
+    let (mut d, sub, _) = established(now);
+    d.on_event(notification(&sub, 0, State::Active), now);
+    assert_eq!(d.next_deadline(), Some(now + Duration::from_secs(32)));
+    assert!(d.on_timeout(now + Duration::from_secs(31)).is_empty());
+    let actions = d.on_timeout(now + Duration::from_secs(32));
+    assert_eq!(
+        actions,
+        vec![
+            Action::Upstream(Command::Delivered {
+                sub: sub.clone(),
+                version: 0,
+                outcome: Outcome::Timeout
+            }),
+            Action::Unroute(sub),
+        ]
+    );
+    assert!(d.is_empty() && d.next_deadline().is_none());
+}
+
+#[test]
+fn a_481_to_notify_rejects_and_ends_the_dialog() {
+    let now = Instant::now();
+    let (mut d, sub, _) = established(now);
+    let n = request(&d.on_event(notification(&sub, 0, State::Active), now)[0]).clone();
+    let actions = d.on_response(&answer_to(&n, 481), now);
+    assert_eq!(
+        actions,
+        vec![
+            Action::Upstream(Command::Delivered {
+                sub: sub.clone(),
+                version: 0,
+                outcome: Outcome::Rejected
+            }),
+            Action::Unroute(sub),
+        ]
+    );
+}
+
+#[test]
+fn refreshes_are_checked_and_forwarded() {
+    let now = Instant::now();
+    let (mut d, sub, tag) = established(now);
+    let actions = d.on_request(subscribe("c1", Some(&tag), 2, "Expires: 0\r\n"), now);
+    assert_eq!(
+        actions,
+        vec![Action::Upstream(Command::Refresh {
+            sub: sub.clone(),
+            request_id: 2,
+            expires: Some(0)
+        })]
+    );
+    // CSeq must increase within the dialog (RFC 3261 §12.2.2).
+    let stale = d.on_request(subscribe("c1", Some(&tag), 2, ""), now);
+    assert_eq!(response(&stale[0]).status.as_u16(), 500);
+    // Unknown tag → 481.
+    let unknown = d.on_request(subscribe("c1", Some("other"), 3, ""), now);
+    assert_eq!(response(&unknown[0]).status.as_u16(), 481);
+}
+
+#[test]
+fn a_terminal_notification_ends_the_dialog_after_its_answer() {
+    let now = Instant::now();
+    let (mut d, sub, _) = established(now);
+    let actions = d.on_event(
+        notification(&sub, 0, State::Terminated(Reason::Timeout)),
+        now,
+    );
+    let n = request(&actions[0]).clone();
+    assert_eq!(
+        n.headers.get(&HeaderName::SUBSCRIPTION_STATE),
+        Some("terminated;reason=timeout")
+    );
+    let actions = d.on_response(&answer_to(&n, 200), now);
+    assert_eq!(actions.last(), Some(&Action::Unroute(sub)));
+    assert!(d.is_empty());
+}
+
+#[test]
+fn shutdown_and_close_release_everything() {
+    let now = Instant::now();
+    let (mut d, sub, _) = established(now);
+    let actions = d.on_shutdown(now);
+    assert_eq!(
+        actions[0],
+        Action::Upstream(Command::Unsubscribe { sub: sub.clone() })
+    );
+    let n = request(&actions[1]);
+    assert_eq!(
+        n.headers.get(&HeaderName::SUBSCRIPTION_STATE),
+        Some("terminated;reason=deactivated")
+    );
+    assert!(n.body.is_empty());
+    // The proxy's own terminal NOTIFY carries no notifier version: no Delivered for it.
+    assert_eq!(
+        d.on_response(&answer_to(n, 200), now),
+        vec![Action::Unroute(sub)]
+    );
+
+    let (mut d, sub, _) = established(now);
+    assert_eq!(
+        d.on_close(),
+        vec![
+            Action::Upstream(Command::Unsubscribe { sub: sub.clone() }),
+            Action::Unroute(sub)
+        ]
+    );
+}
+
+#[test]
+fn failed_initial_answers_end_the_dialog_with_their_status() {
+    let now = Instant::now();
+    let mut d = Dialogs::new(cfg(10), "p-0".into(), 7);
+    d.on_request(subscribe("c1", None, 1, ""), now);
+    let actions = d.on_event(
+        Event::Answer(Answer {
+            sub: "p-0-0".into(),
+            request_id: 1,
+            verdict: Verdict::IntervalTooBrief { min: 60 },
+        }),
+        now,
+    );
+    let r = response(&actions[0]);
+    assert_eq!(r.status.as_u16(), 423);
+    assert_eq!(r.headers.get(&HeaderName::MIN_EXPIRES), Some("60"));
+    assert_eq!(actions[1], Action::Unroute("p-0-0".into()));
+}
+
+#[test]
+fn the_dialog_limit_answers_503() {
+    let now = Instant::now();
+    let mut d = Dialogs::new(cfg(1), "p-0".into(), 7);
+    d.on_request(subscribe("c1", None, 1, ""), now);
+    let actions = d.on_request(subscribe("c2", None, 1, ""), now);
+    let r = response(&actions[0]);
+    assert_eq!(r.status.as_u16(), 503);
+    assert_eq!(r.headers.get(&HeaderName::RETRY_AFTER), Some("30"));
+}
+
+#[test]
+fn notifications_for_unknown_dialogs_unsubscribe_upstream() {
+    let mut d = Dialogs::new(cfg(1), "p-0".into(), 7);
+    assert_eq!(
+        d.on_event(notification("gone", 3, State::Active), Instant::now()),
+        vec![Action::Upstream(Command::Unsubscribe {
+            sub: "gone".into()
+        })]
+    );
+}

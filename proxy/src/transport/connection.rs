@@ -13,10 +13,10 @@ use futures_util::{SinkExt, StreamExt};
 use sip::Message;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -171,15 +171,20 @@ pub async fn run(socket: WebSocket, peer: SocketAddr, shared: Arc<Shared>) {
         };
         let write_timeout = conn.shared.config.write_timeout;
         let mut closing = step.close;
-        if step.ping {
-            if let Err(why) = send_ws(&mut sink, WsMessage::Ping(Default::default()), write_timeout).await {
-                closing = Some(why);
-            }
+        if step.ping
+            && let Err(why) = send_ws(
+                &mut sink,
+                WsMessage::Ping(Default::default()),
+                write_timeout,
+            )
+            .await
+        {
+            closing = Some(why);
         }
-        if let Some(raw) = step.raw {
-            if let Err(why) = send_ws(&mut sink, text_or_binary(raw), write_timeout).await {
-                closing = Some(why);
-            }
+        if let Some(raw) = step.raw
+            && let Err(why) = send_ws(&mut sink, text_or_binary(raw), write_timeout).await
+        {
+            closing = Some(why);
         }
         for action in step.actions {
             if let Err(why) = conn.execute(action, &mut sink).await {
@@ -198,7 +203,7 @@ pub async fn run(socket: WebSocket, peer: SocketAddr, shared: Arc<Shared>) {
     for action in conn.dialogs.on_close() {
         // Only notifier-side actions matter now; the socket is done.
         if !matches!(action, Action::Send(_)) {
-            let _ = conn.execute_upstream(action);
+            conn.execute_upstream(action);
         }
     }
     let _ = sink.close().await;
@@ -228,7 +233,7 @@ impl Connection {
             }
             Ok(Message::Response(resp)) => {
                 self.bad_messages = 0;
-                Step::actions(self.dialogs.on_response(resp, Instant::now()))
+                Step::actions(self.dialogs.on_response(&resp, Instant::now()))
             }
             Err(e) => {
                 self.shared.metrics.parse_errors.inc();

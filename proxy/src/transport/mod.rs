@@ -145,7 +145,8 @@ mod tests {
         );
         assert!(salvage_bad_request(b"\x00\xff garbage", "x").is_none());
         assert!(salvage_bad_request(b"SIP/2.0 200 OK\r\nVia: a\r\n\r\n", "x").is_none());
-        let no_call_id = b"SUBSCRIBE sip:x@e SIP/2.0\r\nVia: a\r\nFrom: b\r\nTo: c\r\nCSeq: 1 SUBSCRIBE\r\n\r\n";
+        let no_call_id =
+            b"SUBSCRIBE sip:x@e SIP/2.0\r\nVia: a\r\nFrom: b\r\nTo: c\r\nCSeq: 1 SUBSCRIBE\r\n\r\n";
         assert!(salvage_bad_request(no_call_id, "x").is_none());
     }
 }

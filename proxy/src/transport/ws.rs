@@ -2,15 +2,15 @@
 //! one SIP message per WebSocket message, small per-connection buffers, a connection cap.
 
 use super::connection::{self, Shared};
+use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tracing::{debug, Instrument};
+use tracing::{Instrument, debug};
 
 /// The router serving WebSocket upgrades on any path.
 pub fn router(shared: Arc<Shared>) -> Router {

@@ -4,8 +4,8 @@ use crate::notifier::{
     Answer, Command, Event, Notification, Outcome, Reason, State, SubscriptionId, Verdict,
 };
 use proto::v1::{
-    self, proxy_message, server_message, AnswerStatus, DeliveryOutcome, ProxyMessage,
-    ServerMessage, SubscriptionState, TerminationReason,
+    self, AnswerStatus, DeliveryOutcome, ProxyMessage, ServerMessage, SubscriptionState,
+    TerminationReason, proxy_message, server_message,
 };
 
 pub(super) fn to_proto(c: Command) -> ProxyMessage {
@@ -38,9 +38,9 @@ pub(super) fn to_proto(c: Command) -> ProxyMessage {
             request_id,
             expires,
         }),
-        Command::Unsubscribe { sub } => {
-            proxy_message::Kind::Unsubscribe(v1::Unsubscribe { subscription_id: sub })
-        }
+        Command::Unsubscribe { sub } => proxy_message::Kind::Unsubscribe(v1::Unsubscribe {
+            subscription_id: sub,
+        }),
         Command::Delivered {
             sub,
             version,

@@ -13,8 +13,8 @@ pub mod ring;
 
 use crate::metrics::Metrics;
 use crate::notifier::{Answer, Command, Event, Notification, Reason, SubscriptionId, Verdict};
-use proto::v1::subscription_service_client::SubscriptionServiceClient;
 use proto::v1::ProxyMessage;
+use proto::v1::subscription_service_client::SubscriptionServiceClient;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,8 +79,8 @@ impl Upstream {
             _ => None,
         };
         let sub = command.sub().to_owned();
-        let sent = self.is_connected()
-            && self.commands.try_send(convert::to_proto(command)).is_ok();
+        let sent =
+            self.is_connected() && self.commands.try_send(convert::to_proto(command)).is_ok();
         if !sent {
             self.metrics.upstream_unavailable.inc();
             if let Some(request_id) = verdict_needed {

@@ -45,7 +45,10 @@ mod tests {
             }
             per_server[all.iter().position(|s| *s == with_c).unwrap()] += 1;
         }
-        assert!(per_server.iter().all(|&n| n > 800), "roughly even: {per_server:?}");
+        assert!(
+            per_server.iter().all(|&n| n > 800),
+            "roughly even: {per_server:?}"
+        );
         assert_eq!(moved, per_server[2]);
         assert!(pick::<String>("k", &[], |s| s.as_str()).is_none());
     }
