@@ -4,7 +4,12 @@
 //! vendored `protoc`. Only the proxy's `upstream` module and the server's `api` module use
 //! these types; both convert to their own domain types at that edge.
 
-#![allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+#![allow(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::all
+)]
 
 /// `conflist.v1`: one bidirectional session stream per proxy connection.
 pub mod v1 {

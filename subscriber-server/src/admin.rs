@@ -1,11 +1,11 @@
 //! Admin HTTP endpoint: `/livez`, `/readyz` (database reachable), `/metrics` (OpenMetrics).
 
 use crate::directory::Directory;
+use axum::Router;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 

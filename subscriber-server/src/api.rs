@@ -7,9 +7,9 @@ use crate::metrics::Metrics;
 use crate::subscription::{Policy, Registry, Rejection, SubscribeRequest, Subscription};
 use document::{Conference, ConferenceList};
 use proto::v1::{
-    self, proxy_message, server_message, subscription_service_server::SubscriptionService,
-    Answer, AnswerStatus, DeliveryOutcome, Notification, ProxyMessage, ServerMessage,
-    SubscriptionState, TerminationReason,
+    self, Answer, AnswerStatus, DeliveryOutcome, Notification, ProxyMessage, ServerMessage,
+    SubscriptionState, TerminationReason, proxy_message, server_message,
+    subscription_service_server::SubscriptionService,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 /// Outbound messages buffered per session before the session task waits for the proxy.
 const SESSION_QUEUE: usize = 1024;
@@ -192,7 +192,12 @@ impl Session {
         if id.is_empty() || self.registry.contains(&id) || self.pending.contains_key(&id) {
             warn!(subscription.id = %id, "duplicate or empty subscription id");
             return self
-                .answer(&id, s.request_id, AnswerStatus::InternalError, "duplicate subscription id")
+                .answer(
+                    &id,
+                    s.request_id,
+                    AnswerStatus::InternalError,
+                    "duplicate subscription id",
+                )
                 .await;
         }
         let req = SubscribeRequest {
@@ -223,7 +228,9 @@ impl Session {
     async fn on_refresh(&mut self, r: v1::Refresh) -> Result<(), PeerGone> {
         let id = r.subscription_id;
         let Some(subscriber) = self.registry.get_mut(&id).map(|s| s.subscriber.clone()) else {
-            return self.reject(&id, r.request_id, &Rejection::NoSuchSubscription).await;
+            return self
+                .reject(&id, r.request_id, &Rejection::NoSuchSubscription)
+                .await;
         };
         let granted = match self.ctx.policy.grant(r.expires) {
             Ok(g) => g,
@@ -304,7 +311,14 @@ impl Session {
                     // A fetch: one NOTIFY with the state, terminated at once.
                     let mut sub = sub;
                     return self
-                        .notify(&id, &mut sub, SubscriptionState::Terminated, TerminationReason::Timeout, 0, Some(&conferences))
+                        .notify(
+                            &id,
+                            &mut sub,
+                            SubscriptionState::Terminated,
+                            TerminationReason::Timeout,
+                            0,
+                            Some(&conferences),
+                        )
                         .await;
                 }
                 self.registry.insert(id.clone(), sub);
@@ -327,7 +341,14 @@ impl Session {
         let expires = sub.remaining_secs(now);
         let mut sub = sub.clone();
         let result = self
-            .notify(id, &mut sub, SubscriptionState::Active, TerminationReason::Unspecified, expires, Some(conferences))
+            .notify(
+                id,
+                &mut sub,
+                SubscriptionState::Active,
+                TerminationReason::Unspecified,
+                expires,
+                Some(conferences),
+            )
             .await;
         if let Some(live) = self.registry.get_mut(id) {
             *live = sub;

@@ -36,7 +36,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .await
         .context("connect to the database")?;
     if config.migrate || config.demo_data {
-        directory.migrate().await.context("apply the reference schema")?;
+        directory
+            .migrate()
+            .await
+            .context("apply the reference schema")?;
     }
     if config.demo_data {
         directory.load_demo_data().await.context("load demo data")?;
@@ -120,7 +123,10 @@ pub async fn run_db_command(config: &Config, command: &config::DbCommand) -> any
     let directory = directory::Directory::connect(&config.database_url, 2)
         .await
         .context("connect to the database")?;
-    directory.migrate().await.context("apply the reference schema")?;
+    directory
+        .migrate()
+        .await
+        .context("apply the reference schema")?;
     if matches!(command, config::DbCommand::DemoData) {
         directory.load_demo_data().await.context("load demo data")?;
     }

@@ -66,10 +66,22 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
         let r = registry.sub_registry_with_prefix("conflist_server");
-        r.register("subscriptions", "Live subscriptions", m.subscriptions.clone());
+        r.register(
+            "subscriptions",
+            "Live subscriptions",
+            m.subscriptions.clone(),
+        );
         r.register("sessions", "Open proxy sessions", m.sessions.clone());
-        r.register("notifications", "Notifications sent", m.notifications.clone());
-        r.register("answers", "Answers to proxy requests, by status", m.answers.clone());
+        r.register(
+            "notifications",
+            "Notifications sent",
+            m.notifications.clone(),
+        );
+        r.register(
+            "answers",
+            "Answers to proxy requests, by status",
+            m.answers.clone(),
+        );
         r.register(
             "directory_errors",
             "Directory reads that failed",

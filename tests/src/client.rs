@@ -2,12 +2,12 @@
 //! `.invalid`, Via transport `WSS`, one SIP message per WebSocket message.
 
 use crate::EVENT_TIMEOUT;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
 use sip::{HeaderName, Message, Request, Response, StatusCode};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as Ws;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// One WebSocket connection to the proxy.
@@ -86,7 +86,10 @@ impl SipWsClient {
     pub async fn recv(&mut self) -> Result<Message> {
         let raw = self.recv_raw().await?;
         sip::parse_message(&raw).map_err(|e| {
-            anyhow!("proxy sent unparseable SIP ({e}): {}", String::from_utf8_lossy(&raw))
+            anyhow!(
+                "proxy sent unparseable SIP ({e}): {}",
+                String::from_utf8_lossy(&raw)
+            )
         })
     }
 
@@ -160,7 +163,11 @@ impl SipWsClient {
         self.send_text(&req).await?;
         let response = self.recv_response().await?;
         if response.status != StatusCode::OK {
-            bail!("SUBSCRIBE answered {} {}", response.status.as_u16(), response.reason);
+            bail!(
+                "SUBSCRIBE answered {} {}",
+                response.status.as_u16(),
+                response.reason
+            );
         }
         let to_tag = name_addr(&response, &HeaderName::TO)?
             .tag()

@@ -52,7 +52,10 @@ impl Drop for TestDb {
         // The name is ours (hex only), so the dynamic SQL is safe.
         // Drop runs inside a runtime; do the async cleanup on a thread of its own.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -94,6 +97,9 @@ mod tests {
             super::replace_database("postgres://u:p@h/db?sslmode=disable", "x"),
             "postgres://u:p@h/x?sslmode=disable"
         );
-        assert_eq!(super::replace_database("postgres://h", "x"), "postgres://h/x");
+        assert_eq!(
+            super::replace_database("postgres://h", "x"),
+            "postgres://h/x"
+        );
     }
 }

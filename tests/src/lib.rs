@@ -11,7 +11,7 @@ pub mod process;
 
 pub use client::{SipWsClient, Subscription};
 pub use db::TestDb;
-pub use process::{spawn_proxy, spawn_server, Proxy, Server, ServerOptions};
+pub use process::{Proxy, Server, ServerOptions, spawn_proxy, spawn_server};
 
 /// How long any single expected event may take.
 pub const EVENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

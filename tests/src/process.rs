@@ -1,7 +1,7 @@
 //! The real binaries as child processes on loopback ports chosen by the OS. A process is
 //! ready when it prints its `READY …` line; it is killed when its handle is dropped.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -185,6 +185,9 @@ pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("bad HTTP response")?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }

@@ -153,7 +153,10 @@ impl Directory {
                     .await?
             }
         };
-        Ok(rows.into_iter().map(ConferenceRow::into_conference).collect())
+        Ok(rows
+            .into_iter()
+            .map(ConferenceRow::into_conference)
+            .collect())
     }
 
     /// Closes the pool, waiting for checked-out connections.
@@ -209,9 +212,7 @@ impl ConferenceRow {
                 conf_uris,
                 service_uris,
                 // Negative or absurd counts in operator data are omitted, not wrapped.
-                maximum_user_count: self
-                    .maximum_user_count
-                    .and_then(|n| u32::try_from(n).ok()),
+                maximum_user_count: self.maximum_user_count.and_then(|n| u32::try_from(n).ok()),
                 available_media,
             },
             schedule: Schedule {
@@ -251,7 +252,10 @@ mod tests {
         assert_eq!(c.description.display_text.as_deref(), Some("Sync"));
         assert_eq!(c.description.subject, None, "blank text is omitted");
         assert_eq!(c.description.keywords, vec!["a", "b"]);
-        assert_eq!(c.description.maximum_user_count, None, "negative count omitted");
+        assert_eq!(
+            c.description.maximum_user_count, None,
+            "negative count omitted"
+        );
         let media: Vec<(&str, &str)> = c
             .description
             .available_media
@@ -259,8 +263,14 @@ mod tests {
             .map(|m| (m.label.as_str(), m.media_type.as_str()))
             .collect();
         assert_eq!(media, vec![("1", "audio"), ("2", "video")]);
-        assert_eq!(c.description.conf_uris[0].purpose.as_deref(), Some("participation"));
-        assert_eq!(c.description.service_uris[0].uri, "https://meet.example.com/1");
+        assert_eq!(
+            c.description.conf_uris[0].purpose.as_deref(),
+            Some("participation")
+        );
+        assert_eq!(
+            c.description.service_uris[0].uri,
+            "https://meet.example.com/1"
+        );
         assert_eq!(c.schedule.start.as_deref(), Some("2026-11-24T09:00:00Z"));
         assert_eq!(c.role.as_deref(), Some("organizer"));
     }

@@ -94,7 +94,9 @@ impl Policy {
     /// Grants a duration for a new subscription or refresh (RFC 6665 §4.2.1.1).
     pub fn grant(&self, requested: Option<u32>) -> Result<u32, Rejection> {
         match requested {
-            None => Ok(self.default_expires.clamp(self.min_expires, self.max_expires)),
+            None => Ok(self
+                .default_expires
+                .clamp(self.min_expires, self.max_expires)),
             Some(0) => Ok(0),
             Some(s) if s < self.min_expires => Err(Rejection::IntervalTooBrief {
                 min: self.min_expires,

@@ -130,8 +130,14 @@ mod tests {
     fn expiry_order_refresh_and_versions() {
         let t0 = Instant::now();
         let mut r = Registry::default();
-        r.insert("a".into(), Subscription::new("sip:a@x".into(), t0 + Duration::from_secs(10), 0));
-        r.insert("b".into(), Subscription::new("sip:b@x".into(), t0 + Duration::from_secs(5), 7));
+        r.insert(
+            "a".into(),
+            Subscription::new("sip:a@x".into(), t0 + Duration::from_secs(10), 0),
+        );
+        r.insert(
+            "b".into(),
+            Subscription::new("sip:b@x".into(), t0 + Duration::from_secs(5), 7),
+        );
         assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(5)));
 
         assert!(r.refresh("b", t0, Duration::from_secs(20)));
@@ -154,8 +160,14 @@ mod tests {
     fn replacing_an_id_drops_its_old_deadline() {
         let t0 = Instant::now();
         let mut r = Registry::default();
-        r.insert("a".into(), Subscription::new("s".into(), t0 + Duration::from_secs(1), 0));
-        r.insert("a".into(), Subscription::new("s".into(), t0 + Duration::from_secs(9), 0));
+        r.insert(
+            "a".into(),
+            Subscription::new("s".into(), t0 + Duration::from_secs(1), 0),
+        );
+        r.insert(
+            "a".into(),
+            Subscription::new("s".into(), t0 + Duration::from_secs(9), 0),
+        );
         assert!(r.take_expired(t0 + Duration::from_secs(5)).is_empty());
         assert_eq!(r.drain().len(), 1);
         assert!(r.is_empty() && r.next_deadline().is_none());

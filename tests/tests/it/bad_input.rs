@@ -12,7 +12,10 @@ async fn still_serves(c: &mut SipWsClient) {
     c.send_text(OPTIONS).await.unwrap();
     let r = c.recv_response().await.unwrap();
     assert_eq!(r.status.as_u16(), 200);
-    assert_eq!(r.headers.get(&HeaderName::ALLOW_EVENTS), Some("conference-list"));
+    assert_eq!(
+        r.headers.get(&HeaderName::ALLOW_EVENTS),
+        Some("conference-list")
+    );
 }
 
 fn subscribe_with(c: &mut SipWsClient, extra: &str) -> String {
@@ -29,7 +32,9 @@ async fn garbage_and_binary_frames_are_dropped_and_the_connection_keeps_serving(
     let sys = system(ServerOptions::default()).await;
     let mut c = SipWsClient::connect(&sys.proxy.ws_url).await.unwrap();
     c.send_text("this is not SIP at all").await.unwrap();
-    c.send_binary(&[0, 159, 146, 150, 255, 0, 13, 10, 13, 10]).await.unwrap();
+    c.send_binary(&[0, 159, 146, 150, 255, 0, 13, 10, 13, 10])
+        .await
+        .unwrap();
     still_serves(&mut c).await;
     // RFC 7118 allows SIP in binary frames.
     c.send_binary(OPTIONS.as_bytes()).await.unwrap();
@@ -50,7 +55,10 @@ async fn malformed_requests_get_400_with_the_reason() {
         .map(|l| format!("{l}\r\n"))
         .collect();
     let r = status_of(&mut c, &no_call_id).await;
-    assert_eq!((r.status.as_u16(), r.reason.as_str()), (400, "Missing Call-ID"));
+    assert_eq!(
+        (r.status.as_u16(), r.reason.as_str()),
+        (400, "Missing Call-ID")
+    );
 
     // A request line the codec rejects, answered from the salvaged headers.
     let bad_uri = subscribe_with(&mut c, "").replacen(
@@ -60,7 +68,12 @@ async fn malformed_requests_get_400_with_the_reason() {
     );
     let r = status_of(&mut c, &bad_uri).await;
     assert_eq!(r.status.as_u16(), 400);
-    assert!(r.headers.get(&HeaderName::VIA).unwrap().contains("branch=z9hG4bK"));
+    assert!(
+        r.headers
+            .get(&HeaderName::VIA)
+            .unwrap()
+            .contains("branch=z9hG4bK")
+    );
     still_serves(&mut c).await;
 }
 
@@ -76,17 +89,26 @@ async fn unsupported_requests_get_their_sip_errors() {
     let unknown_method = OPTIONS.replace("OPTIONS", "FROB");
     let r = status_of(&mut c, &unknown_method).await;
     assert_eq!(r.status.as_u16(), 405);
-    assert_eq!(r.headers.get(&HeaderName::ALLOW), Some("SUBSCRIBE, OPTIONS"));
+    assert_eq!(
+        r.headers.get(&HeaderName::ALLOW),
+        Some("SUBSCRIBE, OPTIONS")
+    );
 
     let presence = subscribe_with(&mut c, "").replace("Event: conference-list", "Event: presence");
     let r = status_of(&mut c, &presence).await;
     assert_eq!(r.status.as_u16(), 489);
-    assert_eq!(r.headers.get(&HeaderName::ALLOW_EVENTS), Some("conference-list"));
+    assert_eq!(
+        r.headers.get(&HeaderName::ALLOW_EVENTS),
+        Some("conference-list")
+    );
 
     let pidf = subscribe_with(&mut c, "Accept: application/pidf+xml\r\n");
     let r = status_of(&mut c, &pidf).await;
     assert_eq!(r.status.as_u16(), 406);
-    assert_eq!(r.headers.get(&HeaderName::ACCEPT), Some("application/conference-list+xml"));
+    assert_eq!(
+        r.headers.get(&HeaderName::ACCEPT),
+        Some("application/conference-list+xml")
+    );
 
     let brief = subscribe_with(&mut c, "Expires: 10\r\n");
     let r = status_of(&mut c, &brief).await;
@@ -96,13 +118,18 @@ async fn unsupported_requests_get_their_sip_errors() {
     let hops = subscribe_with(&mut c, "").replace("Max-Forwards: 70", "Max-Forwards: 0");
     assert_eq!(status_of(&mut c, &hops).await.status.as_u16(), 483);
 
-    let someone_else = subscribe_with(&mut c, "")
-        .replace("From: \"alice\" <sip:alice@", "From: <sip:mallory@");
+    let someone_else =
+        subscribe_with(&mut c, "").replace("From: \"alice\" <sip:alice@", "From: <sip:mallory@");
     assert_eq!(status_of(&mut c, &someone_else).await.status.as_u16(), 403);
 
-    let unknown_dialog = subscribe_with(&mut c, "")
-        .replace("To: <sip:alice@example.com>", "To: <sip:alice@example.com>;tag=nosuch");
-    assert_eq!(status_of(&mut c, &unknown_dialog).await.status.as_u16(), 481);
+    let unknown_dialog = subscribe_with(&mut c, "").replace(
+        "To: <sip:alice@example.com>",
+        "To: <sip:alice@example.com>;tag=nosuch",
+    );
+    assert_eq!(
+        status_of(&mut c, &unknown_dialog).await.status.as_u16(),
+        481
+    );
 
     let stray_notify = OPTIONS.replace("OPTIONS", "NOTIFY");
     assert_eq!(status_of(&mut c, &stray_notify).await.status.as_u16(), 481);
@@ -123,17 +150,28 @@ async fn a_huge_message_closes_only_that_connection() {
     let huge = subscribe_with(&mut victim, &format!("X-Huge: {}\r\n", "a".repeat(200_000)));
     // The proxy may close while we are still writing; either way the connection ends.
     let _ = victim.send_text(&huge).await;
-    assert!(victim.closed().await, "an oversized message must close the connection");
+    assert!(
+        victim.closed().await,
+        "an oversized message must close the connection"
+    );
     still_serves(&mut bystander).await;
 }
 
 #[tokio::test]
 async fn rfc4475_torture_messages_never_get_a_2xx_or_break_the_proxy() {
     let sys = system(ServerOptions::default()).await;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sip/tests/data/rfc4475/invalid");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sip/tests/data/rfc4475/invalid");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
-    assert!(files.len() >= 19, "RFC 4475 invalid vectors missing in {}", dir.display());
+    assert!(
+        files.len() >= 19,
+        "RFC 4475 invalid vectors missing in {}",
+        dir.display()
+    );
     for file in files {
         let bytes = std::fs::read(&file).unwrap();
         let mut c = SipWsClient::connect(&sys.proxy.ws_url).await.unwrap();
@@ -150,7 +188,11 @@ async fn rfc4475_torture_messages_never_get_a_2xx_or_break_the_proxy() {
         } else {
             assert!((400..700).contains(&status), "{name} answered: {first}");
             let second = c.recv_response().await.unwrap();
-            assert_eq!(second.status.as_u16(), 200, "{name}: connection must keep serving");
+            assert_eq!(
+                second.status.as_u16(),
+                200,
+                "{name}: connection must keep serving"
+            );
         }
     }
 }

@@ -41,9 +41,15 @@ async fn postgres_and_sqlite_return_the_same_conferences() {
 
     let alice = pg.conferences_of("sip:alice@example.com").await.unwrap();
     let weekly = &alice[0];
-    assert_eq!(weekly.description.display_text.as_deref(), Some("Weekly sync"));
+    assert_eq!(
+        weekly.description.display_text.as_deref(),
+        Some("Weekly sync")
+    );
     assert_eq!(weekly.role.as_deref(), Some("organizer"));
-    assert_eq!(weekly.schedule.start.as_deref(), Some("2026-11-24T09:00:00Z"));
+    assert_eq!(
+        weekly.schedule.start.as_deref(),
+        Some("2026-11-24T09:00:00Z")
+    );
     assert_eq!(weekly.schedule.end.as_deref(), Some("2026-11-24T10:00:00Z"));
     assert_eq!(weekly.description.maximum_user_count, Some(50));
     let all_hands = &alice[2];

@@ -7,7 +7,7 @@ mod directory;
 mod shutdown;
 mod subscribe;
 
-use conflist_tests::{spawn_proxy, spawn_server, Proxy, Server, ServerOptions, TestDb};
+use conflist_tests::{Proxy, Server, ServerOptions, TestDb, spawn_proxy, spawn_server};
 
 /// A database, a server with the demo data and a proxy in front of it.
 #[derive(Debug)]

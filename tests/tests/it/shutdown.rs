@@ -3,7 +3,7 @@
 
 use crate::system;
 use conflist_tests::process::terminate;
-use conflist_tests::{ServerOptions, SipWsClient, EVENT_TIMEOUT};
+use conflist_tests::{EVENT_TIMEOUT, ServerOptions, SipWsClient};
 use sip::{HeaderName, SubscriptionState};
 
 fn deactivated() -> SubscriptionState {
@@ -54,7 +54,10 @@ async fn proxy_sigterm_sends_final_notifies_then_closes() {
     assert_eq!(subscription_state(&n), deactivated());
     assert!(n.body.is_empty());
     alice.respond(&n, 200).await.unwrap();
-    assert!(alice.closed().await, "proxy closes the connection after the last dialog ends");
+    assert!(
+        alice.closed().await,
+        "proxy closes the connection after the last dialog ends"
+    );
     let status = tokio::time::timeout(EVENT_TIMEOUT, sys.proxy.child.wait())
         .await
         .expect("proxy did not exit")

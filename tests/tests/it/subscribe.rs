@@ -35,12 +35,26 @@ async fn subscribe_notify_refresh_unsubscribe() {
         n.headers.get(&HeaderName::CONTENT_TYPE),
         Some("application/conference-list+xml")
     );
-    assert!(matches!(state(&n), SubscriptionState::Active { expires } if (599..=600).contains(&expires)));
+    assert!(
+        matches!(state(&n), SubscriptionState::Active { expires } if (599..=600).contains(&expires))
+    );
     let to = sip::NameAddr::parse(n.headers.get(&HeaderName::TO).unwrap()).unwrap();
     let from = sip::NameAddr::parse(n.headers.get(&HeaderName::FROM).unwrap()).unwrap();
-    assert_eq!(to.tag(), Some(dialog.from_tag.as_str()), "NOTIFY To-tag = our From-tag");
-    assert_eq!(from.tag(), Some(dialog.to_tag.as_str()), "NOTIFY From-tag = the 200's To-tag");
-    assert!(n.uri.host().ends_with(".invalid"), "NOTIFY goes to our Contact: {}", n.uri);
+    assert_eq!(
+        to.tag(),
+        Some(dialog.from_tag.as_str()),
+        "NOTIFY To-tag = our From-tag"
+    );
+    assert_eq!(
+        from.tag(),
+        Some(dialog.to_tag.as_str()),
+        "NOTIFY From-tag = the 200's To-tag"
+    );
+    assert!(
+        n.uri.host().ends_with(".invalid"),
+        "NOTIFY goes to our Contact: {}",
+        n.uri
+    );
     let doc = document_of(&n).unwrap();
     assert_eq!(doc.entity, "sip:alice@example.com");
     assert_eq!(doc.version, 0);
@@ -53,7 +67,9 @@ async fn subscribe_notify_refresh_unsubscribe() {
             "sip:1003@conf.example.com"
         ]
     );
-    let cseq1 = sip::CSeq::parse(n.headers.get(&HeaderName::CSEQ).unwrap()).unwrap().seq;
+    let cseq1 = sip::CSeq::parse(n.headers.get(&HeaderName::CSEQ).unwrap())
+        .unwrap()
+        .seq;
     c.respond(&n, 200).await.unwrap();
 
     // Refresh: 200 with the new duration, then a NOTIFY with the next version.
@@ -64,7 +80,9 @@ async fn subscribe_notify_refresh_unsubscribe() {
     let n = c.recv_notify().await.unwrap();
     assert_eq!(document_of(&n).unwrap().version, 1);
     assert!(matches!(state(&n), SubscriptionState::Active { expires } if expires <= 120));
-    let cseq2 = sip::CSeq::parse(n.headers.get(&HeaderName::CSEQ).unwrap()).unwrap().seq;
+    let cseq2 = sip::CSeq::parse(n.headers.get(&HeaderName::CSEQ).unwrap())
+        .unwrap()
+        .seq;
     assert!(cseq2 > cseq1, "NOTIFY CSeq increases");
     c.respond(&n, 200).await.unwrap();
 
@@ -95,7 +113,11 @@ async fn a_two_second_subscription_expires_with_reason_timeout() {
     let sub = c.subscribe("bob", 2).await.unwrap();
     assert_eq!(sub.response.headers.get(&HeaderName::EXPIRES), Some("2"));
     let n = c.recv_notify().await.unwrap();
-    assert_eq!(entities(&document_of(&n).unwrap()).len(), 4, "bob is in four conferences");
+    assert_eq!(
+        entities(&document_of(&n).unwrap()).len(),
+        4,
+        "bob is in four conferences"
+    );
     c.respond(&n, 200).await.unwrap();
     let started = std::time::Instant::now();
     let n = c.recv_notify().await.unwrap();
@@ -154,7 +176,10 @@ async fn many_dialogs_share_one_connection() {
             }
             sip::Message::Request(n) => {
                 let call_id = n.headers.get(&HeaderName::CALL_ID).unwrap().to_owned();
-                assert!(answered.contains(&call_id), "NOTIFY overtook its 200 on {call_id}");
+                assert!(
+                    answered.contains(&call_id),
+                    "NOTIFY overtook its 200 on {call_id}"
+                );
                 notified.insert(call_id);
                 c.respond(&n, 200).await.unwrap();
             }
