@@ -185,7 +185,7 @@ fn notify_is_built_in_dialog_and_waits_for_the_previous_one() {
     assert_eq!(
         actions[0],
         Action::Upstream(Command::Delivered {
-            sub: sub,
+            sub,
             version: 0,
             outcome: Outcome::Accepted
         })
@@ -261,7 +261,7 @@ fn refreshes_are_checked_and_forwarded() {
     assert_eq!(
         actions,
         vec![Action::Upstream(Command::Refresh {
-            sub: sub,
+            sub,
             request_id: 2,
             expires: Some(0)
         })]
