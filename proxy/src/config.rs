@@ -23,7 +23,7 @@ pub struct Config {
         default_value = "http://127.0.0.1:50051"
     )]
     pub servers: Vec<String>,
-    /// host[:port] this proxy puts in Via and Contact (default: the WebSocket listen address).
+    /// `host:port` this proxy puts in Via and Contact (default: the WebSocket listen address).
     #[arg(long, env = "CONFLIST_PUBLIC_HOST")]
     pub public_host: Option<String>,
     /// Most client connections at once.

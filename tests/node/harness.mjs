@@ -201,7 +201,7 @@ export const wire = new Wire();
 
 /**
  * The `ws` WebSocket, recording everything that goes through it. Browsers' WebSocket API is what
- * both libraries use (`new WebSocket(url, 'sip')`, on*/addEventListener, `send(string)`); `ws`
+ * both libraries use (`new WebSocket(url, 'sip')`, onmessage or addEventListener, `send(string)`); `ws`
  * implements it, so the libraries run unmodified.
  */
 export class RecordingWebSocket extends WsWebSocket {
@@ -291,22 +291,21 @@ process.on('exit', () => {
 });
 
 /**
- * Starts `name` with `args` and resolves with its READY fields once it prints the READY line.
+ * Starts `name` with `args`; the returned handle's `ready` resolves with its READY fields once it
+ * prints the READY line. Throws at once if the binary is missing.
  * Its stderr is kept (last 400 lines) for failure reports, and streamed when CONFLIST_TEST_LOGS is set.
  */
 export function startBinary(name, args, readyKeys) {
   const bin = path.join(binDir(), name);
   if (!existsSync(bin)) {
-    return Promise.reject(
-      new Error(
-        `${bin} not found: build first (\`cargo build -p conflist-proxy -p conflist-server\`) ` +
-          'or point CONFLIST_BIN_DIR at the binaries',
-      ),
+    throw new Error(
+      `${bin} not found: build first (\`cargo build -p conflist-proxy -p conflist-server\`) ` +
+        'or point CONFLIST_BIN_DIR at the binaries',
     );
   }
   const proc = spawn(bin, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' },
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info', NO_COLOR: '1' },
   });
   const child = { name, proc, stderrTail: [], exited: null };
   children.add(child);
@@ -326,7 +325,7 @@ export function startBinary(name, args, readyKeys) {
     errBuf += chunk;
     const lines = errBuf.split('\n');
     errBuf = lines.pop();
-    child.stderrTail.push(...lines);
+    child.stderrTail.push(...lines.map((l) => l.replace(/\x1b\[[0-9;]*m/g, '')));
     if (child.stderrTail.length > 400) child.stderrTail.splice(0, child.stderrTail.length - 400);
   });
 
@@ -383,6 +382,7 @@ export async function stopBinary(child, graceMs = 5_000) {
   let timer;
   const killed = new Promise((resolve) => {
     timer = setTimeout(() => {
+      process.stderr.write(`warning: ${child.name} did not exit within ${graceMs} ms of SIGTERM; sending SIGKILL\n`);
       child.proc.kill('SIGKILL');
       resolve();
     }, graceMs);
@@ -417,13 +417,10 @@ export async function startSystem() {
   const sys = { db: null, server: null, proxy: null, wsUrl: null };
   sys.stop = async () => {
     const errors = [];
-    for (const c of [sys.proxy, sys.server]) {
-      try {
-        await stopBinary(c);
-      } catch (err) {
-        errors.push(err);
-      }
-    }
+    // Both at once: each one's shutdown ends the other's gRPC session, so neither waits out
+    // its grace period for a peer that is going away anyway.
+    const stopped = await Promise.allSettled([stopBinary(sys.proxy), stopBinary(sys.server)]);
+    for (const r of stopped) if (r.status === 'rejected') errors.push(r.reason);
     if (sys.db) {
       try {
         sys.db.drop();
