@@ -222,8 +222,16 @@ async fn run_session(
                     Ok(None) => break "server closed the session",
                     Err(status) => { debug!(%status, "session error"); break "session failed" }
                 },
-                // On shutdown the connections send their own final NOTIFYs and Unsubscribes;
-                // keep forwarding until the command queue closes.
+                // Cancelled after the connections have drained: flush what they queued
+                // (their final Unsubscribes), then end the session.
+                () = shutdown.cancelled() => {
+                    while let Ok(cmd) = commands.try_recv() {
+                        if stream_tx.send(cmd).await.is_err() {
+                            break;
+                        }
+                    }
+                    break "proxy stopping";
+                }
             }
         };
         up.connected.store(false, Ordering::Relaxed);
