@@ -2,10 +2,13 @@
 //! `conflist.v1` messages to the domain types of [`crate::subscription`] and back; policy and
 //! state live there, SQL in [`crate::directory`].
 
-use crate::directory::{Directory, DirectoryError};
+use crate::cache::{Cache, SessionKey, SessionWake, UserDoc};
+use crate::directory::DirectoryError;
 use crate::metrics::Metrics;
-use crate::subscription::{Policy, Registry, Rejection, SubscribeRequest, Subscription};
-use document::{Conference, ConferenceList};
+use crate::subscription::{
+    self, NotifyPolicy, Plan, Policy, Registry, Rejection, SubscribeRequest, Subscription,
+};
+use document::ConferenceList;
 use proto::v1::{
     self, Answer, AnswerStatus, DeliveryOutcome, Notification, ProxyMessage, ServerMessage,
     SubscriptionState, TerminationReason, proxy_message, server_message,
@@ -31,8 +34,10 @@ const SESSION_QUEUE: usize = 1024;
 pub struct Context {
     /// Admission and expiry rules.
     pub policy: Policy,
-    /// Where conferences are read.
-    pub directory: Directory,
+    /// Per-user documents, shared by all sessions.
+    pub cache: Arc<Cache>,
+    /// Partial/full and rate-control policy.
+    pub notify_policy: NotifyPolicy,
     /// Registered metrics.
     pub metrics: Metrics,
     /// Cancelled on shutdown: sessions terminate their subscriptions (reason=deactivated).
@@ -78,23 +83,15 @@ impl SubscriptionService for SessionService {
     }
 }
 
-/// Why a directory load was started.
-#[derive(Debug)]
-enum Purpose {
-    Initial {
-        request_id: u64,
-        granted: u32,
-        first_version: u64,
-    },
-    Refresh,
-}
-
+/// An initial SUBSCRIBE waiting for its user's document.
 #[derive(Debug)]
 struct Loaded {
     id: String,
     subscriber: String,
-    purpose: Purpose,
-    result: Result<Vec<Conference>, DirectoryError>,
+    request_id: u64,
+    granted: u32,
+    first_version: u64,
+    result: Result<Arc<UserDoc>, DirectoryError>,
 }
 
 /// The proxy went away; the session ends.
@@ -105,26 +102,32 @@ struct Session {
     ctx: Arc<Context>,
     out: mpsc::Sender<Result<ServerMessage, Status>>,
     registry: Registry,
-    /// Initial SUBSCRIBEs waiting for their first directory read, by subscription id.
+    /// Initial SUBSCRIBEs waiting for their first document, by subscription id.
     pending: HashMap<String, u64>,
     loads: JoinSet<Loaded>,
+    key: SessionKey,
+    wake: Arc<SessionWake>,
 }
 
 impl Session {
     fn new(ctx: Arc<Context>, out: mpsc::Sender<Result<ServerMessage, Status>>) -> Self {
         ctx.metrics.sessions.inc();
+        let (key, wake) = ctx.cache.register_session();
         Self {
             ctx,
             out,
             registry: Registry::default(),
             pending: HashMap::new(),
             loads: JoinSet::new(),
+            key,
+            wake,
         }
     }
 
     async fn run(mut self, mut inbound: Streaming<ProxyMessage>) {
         info!("proxy session opened");
         let shutdown = self.ctx.shutdown.clone();
+        let wake = self.wake.clone();
         let outcome = loop {
             let deadline = self.registry.next_deadline();
             let step = tokio::select! {
@@ -143,7 +146,8 @@ impl Session {
                         Ok(())
                     }
                 },
-                () = sleep_until_opt(deadline) => self.on_expiry().await,
+                () = wake.changed() => self.on_users_changed().await,
+                () = sleep_until_opt(deadline) => self.on_deadline().await,
                 () = shutdown.cancelled() => {
                     self.deactivate_all().await;
                     break "server shutting down";
@@ -156,6 +160,7 @@ impl Session {
         let dropped = self.registry.drain().len();
         self.ctx.metrics.subscriptions.dec_by(dropped as i64);
         self.ctx.metrics.sessions.dec();
+        self.ctx.cache.unregister_session(self.key);
         info!(reason = outcome, dropped, "proxy session closed");
     }
 
@@ -165,18 +170,24 @@ impl Session {
             Some(proxy_message::Kind::Refresh(r)) => self.on_refresh(r).await,
             Some(proxy_message::Kind::Unsubscribe(u)) => {
                 self.pending.remove(&u.subscription_id);
-                if self.registry.remove(&u.subscription_id).is_some() {
-                    self.ctx.metrics.subscriptions.dec();
-                }
+                self.drop_sub(&u.subscription_id);
                 Ok(())
             }
             Some(proxy_message::Kind::Delivered(d)) => {
                 let outcome = DeliveryOutcome::try_from(d.outcome).unwrap_or_default();
-                if outcome != DeliveryOutcome::Accepted
-                    && self.registry.remove(&d.subscription_id).is_some()
-                {
+                if outcome == DeliveryOutcome::Accepted {
+                    let follow_up = match self.registry.get_mut(&d.subscription_id) {
+                        Some(sub) => {
+                            sub.in_flight = false;
+                            sub.pending || sub.owed
+                        }
+                        None => false,
+                    };
+                    if follow_up {
+                        return self.send_state(&d.subscription_id, false).await;
+                    }
+                } else if self.drop_sub(&d.subscription_id) {
                     debug!(subscription.id = %d.subscription_id, ?outcome, "subscriber refused a notification; dropped");
-                    self.ctx.metrics.subscriptions.dec();
                 }
                 Ok(())
             }
@@ -192,10 +203,12 @@ impl Session {
         if id.is_empty() || self.registry.contains(&id) || self.pending.contains_key(&id) {
             warn!(subscription.id = %id, "duplicate or empty subscription id");
             return self
-                .answer(
+                .send_answer(
                     &id,
                     s.request_id,
                     AnswerStatus::InternalError,
+                    0,
+                    0,
                     "duplicate subscription id",
                 )
                 .await;
@@ -211,27 +224,32 @@ impl Session {
             Ok(g) => g,
             Err(rejection) => return self.reject(&id, s.request_id, &rejection).await,
         };
-        let first_version = s.resume_version.map_or(0, |v| v.saturating_add(1));
         self.pending.insert(id.clone(), s.request_id);
-        self.load(
-            id,
-            req.subscriber,
-            Purpose::Initial {
-                request_id: s.request_id,
+        let cache = self.ctx.cache.clone();
+        let key = self.key;
+        let request_id = s.request_id;
+        let first_version = s.resume_version.map_or(0, |v| v.saturating_add(1));
+        self.loads.spawn(async move {
+            let result = cache.attach(key, &req.subscriber).await;
+            Loaded {
+                id,
+                subscriber: req.subscriber,
+                request_id,
                 granted,
                 first_version,
-            },
-        );
+                result,
+            }
+        });
         Ok(())
     }
 
     async fn on_refresh(&mut self, r: v1::Refresh) -> Result<(), PeerGone> {
         let id = r.subscription_id;
-        let Some(subscriber) = self.registry.get_mut(&id).map(|s| s.subscriber.clone()) else {
+        if !self.registry.contains(&id) {
             return self
                 .reject(&id, r.request_id, &Rejection::NoSuchSubscription)
                 .await;
-        };
+        }
         let granted = match self.ctx.policy.grant(r.expires) {
             Ok(g) => g,
             Err(rejection) => return self.reject(&id, r.request_id, &rejection).await,
@@ -241,7 +259,7 @@ impl Session {
         if granted == 0 {
             // Unsubscribe (RFC 6665 §4.1.2.3): the final NOTIFY ends the subscription.
             if let Some(mut sub) = self.registry.remove(&id) {
-                self.ctx.metrics.subscriptions.dec();
+                self.released(&sub.subscriber);
                 return self
                     .terminate(&id, &mut sub, TerminationReason::Timeout)
                     .await;
@@ -250,120 +268,142 @@ impl Session {
         }
         self.registry
             .refresh(&id, Instant::now(), Duration::from_secs(granted.into()));
-        // RFC 6665 §4.2.1.2: every refresh is followed by a NOTIFY with the current state.
-        self.load(id, subscriber, Purpose::Refresh);
-        Ok(())
-    }
-
-    fn load(&mut self, id: String, subscriber: String, purpose: Purpose) {
-        let directory = self.ctx.directory.clone();
-        self.loads.spawn(async move {
-            let result = directory.conferences_of(&subscriber).await;
-            Loaded {
-                id,
-                subscriber,
-                purpose,
-                result,
-            }
-        });
+        // RFC 6665 §4.2.1.2: every refresh is answered by a NOTIFY (an empty partial when
+        // the client is current).
+        self.send_state(&id, true).await
     }
 
     async fn on_loaded(&mut self, loaded: Loaded) -> Result<(), PeerGone> {
         let Loaded {
             id,
             subscriber,
-            purpose,
+            request_id,
+            granted,
+            first_version,
             result,
         } = loaded;
-        let conferences = match result {
-            Ok(c) => c,
+        let still_wanted = self.pending.remove(&id).is_some();
+        let doc = match result {
+            Ok(doc) => doc,
             Err(e) => {
                 self.ctx.metrics.directory_errors.inc();
                 warn!(subscription.id = %id, error = %e, "directory read failed");
-                return match purpose {
-                    Purpose::Initial { request_id, .. } if self.pending.remove(&id).is_some() => {
-                        self.reject(&id, request_id, &Rejection::Unavailable).await
-                    }
-                    // A refresh keeps the subscription; the next change or refresh retries.
-                    _ => Ok(()),
-                };
+                if !still_wanted {
+                    return Ok(());
+                }
+                return self.reject(&id, request_id, &Rejection::Unavailable).await;
             }
         };
-        match purpose {
-            Purpose::Initial {
-                request_id,
-                granted,
-                first_version,
-            } => {
-                if self.pending.remove(&id).is_none() {
-                    return Ok(()); // unsubscribed while loading
-                }
-                let now = Instant::now();
-                let sub = Subscription::new(
-                    subscriber,
-                    now + Duration::from_secs(granted.into()),
-                    first_version,
-                );
-                self.send_answer(&id, request_id, AnswerStatus::Ok, granted, 0, "")
-                    .await?;
-                info!(subscription.id = %id, subscriber = %sub.subscriber, granted, "subscription accepted");
-                if granted == 0 {
-                    // A fetch: one NOTIFY with the state, terminated at once.
-                    let mut sub = sub;
-                    return self
-                        .notify(
-                            &id,
-                            &mut sub,
-                            SubscriptionState::Terminated,
-                            TerminationReason::Timeout,
-                            0,
-                            Some(&conferences),
-                        )
-                        .await;
-                }
-                self.registry.insert(id.clone(), sub);
-                self.ctx.metrics.subscriptions.inc();
-                self.notify_active(&id, &conferences, now).await
+        if !still_wanted {
+            self.ctx.cache.detach(self.key, &subscriber); // unsubscribed while loading
+            return Ok(());
+        }
+        let now = Instant::now();
+        self.send_answer(&id, request_id, AnswerStatus::Ok, granted, 0, "")
+            .await?;
+        info!(subscription.id = %id, %subscriber, granted, "subscription accepted");
+        let mut sub = Subscription::new(
+            subscriber.clone(),
+            now + Duration::from_secs(granted.into()),
+            first_version,
+        );
+        if granted == 0 {
+            // A fetch: one NOTIFY with the state, terminated at once.
+            self.ctx.cache.detach(self.key, &subscriber);
+            let full =
+                ConferenceList::full(subscriber, sub.take_version(), doc.conferences.to_vec());
+            let version = full.version;
+            return self
+                .send_notification(
+                    &id,
+                    version,
+                    SubscriptionState::Terminated,
+                    TerminationReason::Timeout,
+                    0,
+                    Some(full),
+                )
+                .await;
+        }
+        self.registry.insert(id.clone(), sub);
+        self.ctx.metrics.subscriptions.inc();
+        self.send_state(&id, true).await
+    }
+
+    /// Users whose lists changed: each of their subscriptions gets the new state (subject
+    /// to flow and rate control).
+    async fn on_users_changed(&mut self) -> Result<(), PeerGone> {
+        for user in self.wake.take() {
+            for id in self.registry.subs_of(&user) {
+                self.send_state(&id, false).await?;
             }
-            Purpose::Refresh => self.notify_active(&id, &conferences, Instant::now()).await,
         }
+        Ok(())
     }
 
-    async fn notify_active(
-        &mut self,
-        id: &str,
-        conferences: &[Conference],
-        now: Instant,
-    ) -> Result<(), PeerGone> {
-        let Some(sub) = self.registry.get_mut(id) else {
-            return Ok(()); // ended while loading
-        };
-        let expires = sub.remaining_secs(now);
-        let mut sub = sub.clone();
-        let result = self
-            .notify(
-                id,
-                &mut sub,
-                SubscriptionState::Active,
-                TerminationReason::Unspecified,
-                expires,
-                Some(conferences),
-            )
-            .await;
-        if let Some(live) = self.registry.get_mut(id) {
-            *live = sub;
-        }
-        result
-    }
-
-    async fn on_expiry(&mut self) -> Result<(), PeerGone> {
-        for (id, mut sub) in self.registry.take_expired(Instant::now()) {
+    async fn on_deadline(&mut self) -> Result<(), PeerGone> {
+        let now = Instant::now();
+        for (id, mut sub) in self.registry.take_expired(now) {
             self.ctx.metrics.subscriptions.dec();
+            self.ctx.cache.detach(self.key, &sub.subscriber);
             info!(subscription.id = %id, subscriber = %sub.subscriber, "subscription expired");
             self.terminate(&id, &mut sub, TerminationReason::Timeout)
                 .await?;
         }
+        for id in self.registry.take_due_sends(now) {
+            self.send_state(&id, false).await?;
+        }
         Ok(())
+    }
+
+    /// Sends what `id`'s client should now see, if anything (see [`subscription::plan`]).
+    async fn send_state(&mut self, id: &str, owed: bool) -> Result<(), PeerGone> {
+        let now = Instant::now();
+        let Some(user) = self.registry.get(id).map(|s| s.subscriber.clone()) else {
+            return Ok(());
+        };
+        let Some(latest) = self.ctx.cache.current(&user) else {
+            return Ok(());
+        };
+        let policy = self.ctx.notify_policy;
+        let Some(sub) = self.registry.get_mut(id) else {
+            return Ok(());
+        };
+        let expires = sub.remaining_secs(now);
+        match subscription::plan(sub, &latest.conferences, now, owed, policy) {
+            Plan::Nothing => Ok(()),
+            Plan::Defer(at) => {
+                self.registry.schedule_send(id, at);
+                Ok(())
+            }
+            Plan::Send(doc) => {
+                let version = doc.version;
+                self.send_notification(
+                    id,
+                    version,
+                    SubscriptionState::Active,
+                    TerminationReason::Unspecified,
+                    expires,
+                    Some(doc),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Removes a live subscription; true if it was live.
+    fn drop_sub(&mut self, id: &str) -> bool {
+        match self.registry.remove(id) {
+            Some(sub) => {
+                self.released(&sub.subscriber);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn released(&self, subscriber: &str) {
+        self.ctx.metrics.subscriptions.dec();
+        self.ctx.cache.detach(self.key, subscriber);
     }
 
     async fn deactivate_all(&mut self) {
@@ -388,28 +428,29 @@ impl Session {
         sub: &mut Subscription,
         reason: TerminationReason,
     ) -> Result<(), PeerGone> {
-        self.notify(id, sub, SubscriptionState::Terminated, reason, 0, None)
+        let version = sub.take_version();
+        self.send_notification(id, version, SubscriptionState::Terminated, reason, 0, None)
             .await
     }
 
-    async fn notify(
+    async fn send_notification(
         &mut self,
         id: &str,
-        sub: &mut Subscription,
+        version: u64,
         state: SubscriptionState,
         reason: TerminationReason,
         expires: u32,
-        conferences: Option<&[Conference]>,
+        doc: Option<ConferenceList>,
     ) -> Result<(), PeerGone> {
-        let version = sub.take_version();
-        let (content_type, body) = match conferences {
-            Some(c) => (
-                document::CONTENT_TYPE.to_owned(),
-                ConferenceList::full(sub.subscriber.clone(), version, c.to_vec()).render(),
-            ),
+        let (content_type, body) = match doc {
+            Some(d) => (document::CONTENT_TYPE.to_owned(), d.render()),
             None => (String::new(), Vec::new()),
         };
         self.ctx.metrics.notifications.inc();
+        self.ctx
+            .metrics
+            .notification_bytes
+            .inc_by(body.len() as u64);
         debug!(subscription.id = %id, version, ?state, ?reason, bytes = body.len(), "notification");
         self.send(server_message::Kind::Notification(Notification {
             subscription_id: id.to_owned(),
@@ -436,16 +477,6 @@ impl Session {
         debug!(subscription.id = %id, rejection = %r, "request rejected");
         self.send_answer(id, request_id, status, 0, min, &r.to_string())
             .await
-    }
-
-    async fn answer(
-        &mut self,
-        id: &str,
-        request_id: u64,
-        status: AnswerStatus,
-        reason: &str,
-    ) -> Result<(), PeerGone> {
-        self.send_answer(id, request_id, status, 0, 0, reason).await
     }
 
     async fn send_answer(

@@ -35,6 +35,28 @@ pub struct Config {
     /// Longest subscription granted, seconds.
     #[arg(long, env = "CONFLIST_MAX_EXPIRES", default_value_t = 7200)]
     pub max_expires: u32,
+    /// How database changes are detected: log (change-log table + LISTEN), poll (snapshot
+    /// diff, for databases without triggers) or off.
+    #[arg(
+        long,
+        env = "CONFLIST_CHANGE_DETECTION",
+        value_enum,
+        default_value = "log"
+    )]
+    pub change_detection: crate::changes::Mode,
+    /// Change-log read interval (a safety net beside LISTEN; SQLite's only trigger), or the
+    /// snapshot interval in poll mode.
+    #[arg(long, env = "CONFLIST_CHANGE_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub change_interval: Duration,
+    /// Change-log rows older than this are pruned.
+    #[arg(long, env = "CONFLIST_CHANGE_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub change_retention: Duration,
+    /// Least time between two NOTIFYs of one subscription; changes inside it are coalesced.
+    #[arg(long, env = "CONFLIST_MIN_NOTIFY_INTERVAL", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub min_notify_interval: Duration,
+    /// Always send full documents (no partial notifications).
+    #[arg(long, env = "CONFLIST_FULL_DOCUMENTS")]
+    pub full_documents: bool,
     /// Apply the reference schema at startup.
     #[arg(long, env = "CONFLIST_MIGRATE")]
     pub migrate: bool,
@@ -67,6 +89,15 @@ pub enum DbCommand {
     Migrate,
     /// Apply the reference schema and load the demo data.
     DemoData,
+    /// PostgreSQL: install the change log and triggers on your own tables. Each --watch is
+    /// TABLE=SQL, the SQL giving a row's conference URI from its columns.
+    Install {
+        /// e.g. rooms="'sip:' || id || '@conf.example.com'" (repeatable).
+        #[arg(long = "watch", required = true)]
+        watches: Vec<String>,
+    },
+    /// PostgreSQL: remove every installed trigger and the change log.
+    Uninstall,
 }
 
 impl Config {
@@ -80,6 +111,14 @@ impl Config {
         }
         if self.min_expires == 0 {
             return Err("--min-expires must be at least 1".into());
+        }
+        if self.change_interval.is_zero() {
+            return Err("--change-interval must be positive".into());
+        }
+        if let Some(Command::Db(DbCommand::Install { watches })) = &self.command {
+            for w in watches {
+                crate::directory::changelog::Watch::parse(w).map_err(|e| e.to_string())?;
+            }
         }
         if self.sip_domain.trim().is_empty() {
             return Err("--sip-domain must not be empty".into());

@@ -7,12 +7,17 @@
 //! Layout:
 //! - [`config`]: flags and environment.
 //! - [`api`]: the tonic service; proto ⇄ domain conversion, one task per session.
-//! - [`subscription`]: sans-IO admission policy and per-session registry (versions, expiry).
-//! - [`directory`]: SQL against the database contract; migrations; demo data.
+//! - [`subscription`]: sans-IO admission policy, per-session registry (versions, expiry,
+//!   delivery and rate state) and the full/partial decision.
+//! - [`cache`]: per-user documents shared by all sessions; recomputes changed users.
+//! - [`changes`]: the change follower (change log + LISTEN, or snapshot polling).
+//! - [`directory`]: SQL against the database contract; migrations; change-log triggers.
 //! - [`admin`], [`metrics`]: `/livez /readyz /metrics`.
 
 pub mod admin;
 pub mod api;
+pub mod cache;
+pub mod changes;
 pub mod config;
 pub mod directory;
 pub mod metrics;
@@ -49,6 +54,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let metrics = metrics::Metrics::register(&mut registry);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let cache = Arc::new(cache::Cache::new(directory.clone()));
+    tracker.spawn(changes::run(
+        cache.clone(),
+        changes::FollowerConfig {
+            mode: config.change_detection,
+            interval: config.change_interval,
+            retention: config.change_retention,
+        },
+        metrics.clone(),
+        token.clone(),
+    ));
     let ctx = Arc::new(api::Context {
         policy: subscription::Policy {
             min_expires: config.min_expires,
@@ -56,7 +72,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             max_expires: config.max_expires,
             sip_domain: config.sip_domain.clone(),
         },
-        directory: directory.clone(),
+        cache,
+        notify_policy: subscription::NotifyPolicy {
+            min_interval: config.min_notify_interval,
+            full_only: config.full_documents,
+        },
         metrics,
         shutdown: token.clone(),
         tracker: tracker.clone(),

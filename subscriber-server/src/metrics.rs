@@ -59,6 +59,16 @@ pub struct Metrics {
     pub answers: Family<StatusLabel, Counter>,
     /// Failed directory reads.
     pub directory_errors: Counter,
+    /// Notification body bytes sent.
+    pub notification_bytes: Counter,
+    /// Conferences read from the change log.
+    pub changes_read: Counter,
+    /// Users whose list changed.
+    pub users_changed: Counter,
+    /// Failures reading the change log or recomputing users.
+    pub change_errors: Counter,
+    /// Full recomputations after the log could not be read for too long.
+    pub resyncs: Counter,
 }
 
 impl Metrics {
@@ -86,6 +96,31 @@ impl Metrics {
             "directory_errors",
             "Directory reads that failed",
             m.directory_errors.clone(),
+        );
+        r.register(
+            "notification_bytes",
+            "Notification body bytes sent",
+            m.notification_bytes.clone(),
+        );
+        r.register(
+            "changes_read",
+            "Changed conferences read from the change log",
+            m.changes_read.clone(),
+        );
+        r.register(
+            "users_changed",
+            "Users whose conference list changed",
+            m.users_changed.clone(),
+        );
+        r.register(
+            "change_errors",
+            "Change log read or recompute failures",
+            m.change_errors.clone(),
+        );
+        r.register(
+            "resyncs",
+            "Recomputations of every cached user",
+            m.resyncs.clone(),
         );
         m
     }

@@ -5,8 +5,10 @@
 //! RFC 6665 §4.2.1.1 (expiry: 423 with Min-Expires, server may shorten), §4.2.1.2 (every
 //! SUBSCRIBE is answered by a NOTIFY), §4.2.2 (termination reasons).
 
+mod notify;
 mod registry;
 
+pub use notify::{NotifyPolicy, Plan, plan};
 pub use registry::{Registry, Subscription};
 
 /// The only event package this service serves.

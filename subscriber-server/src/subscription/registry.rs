@@ -1,6 +1,9 @@
-//! The live subscriptions of one proxy session, with their versions and expiry deadlines.
+//! The live subscriptions of one proxy session: versions, what each client holds, delivery
+//! and rate-control state, and the deadlines (expiry, deferred sends) — all sans-IO.
 
-use std::collections::{BTreeSet, HashMap};
+use document::Conference;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -11,8 +14,19 @@ pub struct Subscription {
     pub subscriber: String,
     /// When it ends unless refreshed.
     pub expires_at: Instant,
-    /// Version the next Notification carries (RFC 4575-style, per subscription).
+    /// Version the next Notification carries (per subscription, RFC 4575 style).
     next_version: u64,
+    /// The list as the client holds it after the last Notification (shared with the
+    /// cache while current, so an up-to-date subscription costs one pointer).
+    pub sent: Option<Arc<Vec<Conference>>>,
+    /// A Notification awaits the client's answer (one transaction at a time).
+    pub in_flight: bool,
+    /// Newer state is waiting (behind the one in flight, or for the rate limit).
+    pub pending: bool,
+    /// A NOTIFY is owed even if nothing changed (a refresh, RFC 6665 §4.2.1.2).
+    pub owed: bool,
+    /// When the last Notification was sent (rate control).
+    pub last_sent: Option<Instant>,
 }
 
 impl Subscription {
@@ -22,6 +36,11 @@ impl Subscription {
             subscriber,
             expires_at,
             next_version: first_version,
+            sent: None,
+            in_flight: false,
+            pending: false,
+            owed: false,
+            last_sent: None,
         }
     }
 
@@ -40,11 +59,14 @@ impl Subscription {
     }
 }
 
-/// Subscriptions by id plus an ordered deadline index, so expiry is O(log n).
+/// Subscriptions by id, by user, and ordered deadline indexes.
 #[derive(Debug, Default)]
 pub struct Registry {
     subs: HashMap<String, Subscription>,
-    deadlines: BTreeSet<(Instant, String)>,
+    by_user: HashMap<String, HashSet<String>>,
+    expiries: BTreeSet<(Instant, String)>,
+    sends: BTreeSet<(Instant, String)>,
+    send_at: HashMap<String, Instant>,
 }
 
 impl Registry {
@@ -66,13 +88,30 @@ impl Registry {
     /// Adds (or replaces) a subscription.
     pub fn insert(&mut self, id: String, sub: Subscription) {
         self.remove(&id);
-        self.deadlines.insert((sub.expires_at, id.clone()));
+        self.expiries.insert((sub.expires_at, id.clone()));
+        self.by_user
+            .entry(sub.subscriber.clone())
+            .or_default()
+            .insert(id.clone());
         self.subs.insert(id, sub);
     }
 
-    /// Mutable access, e.g. to take a version.
+    /// Read access.
+    pub fn get(&self, id: &str) -> Option<&Subscription> {
+        self.subs.get(id)
+    }
+
+    /// Mutable access.
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Subscription> {
         self.subs.get_mut(id)
+    }
+
+    /// The ids of `user`'s subscriptions.
+    pub fn subs_of(&self, user: &str) -> Vec<String> {
+        self.by_user
+            .get(user)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Moves the deadline of `id` to `now + granted`. False if unknown.
@@ -80,44 +119,85 @@ impl Registry {
         let Some(sub) = self.subs.get_mut(id) else {
             return false;
         };
-        self.deadlines.remove(&(sub.expires_at, id.to_owned()));
+        self.expiries.remove(&(sub.expires_at, id.to_owned()));
         sub.expires_at = now + granted;
-        self.deadlines.insert((sub.expires_at, id.to_owned()));
+        self.expiries.insert((sub.expires_at, id.to_owned()));
         true
+    }
+
+    /// Arranges a deferred send of `id` at `at` (rate control); an earlier one stays.
+    pub fn schedule_send(&mut self, id: &str, at: Instant) {
+        if self.send_at.get(id).is_some_and(|t| *t <= at) {
+            return;
+        }
+        if let Some(old) = self.send_at.insert(id.to_owned(), at) {
+            self.sends.remove(&(old, id.to_owned()));
+        }
+        self.sends.insert((at, id.to_owned()));
+    }
+
+    /// Ids whose deferred send is due at `now`.
+    pub fn take_due_sends(&mut self, now: Instant) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some((at, _)) = self.sends.first() {
+            if *at > now {
+                break;
+            }
+            let Some((_, id)) = self.sends.pop_first() else {
+                break;
+            };
+            self.send_at.remove(&id);
+            out.push(id);
+        }
+        out
     }
 
     /// Removes `id`, returning it if it was live.
     pub fn remove(&mut self, id: &str) -> Option<Subscription> {
         let sub = self.subs.remove(id)?;
-        self.deadlines.remove(&(sub.expires_at, id.to_owned()));
+        self.expiries.remove(&(sub.expires_at, id.to_owned()));
+        if let Some(at) = self.send_at.remove(id) {
+            self.sends.remove(&(at, id.to_owned()));
+        }
+        if let Some(set) = self.by_user.get_mut(&sub.subscriber) {
+            set.remove(id);
+            if set.is_empty() {
+                self.by_user.remove(&sub.subscriber);
+            }
+        }
         Some(sub)
     }
 
-    /// The earliest deadline, for the session's timer.
+    /// The earliest deadline (expiry or deferred send), for the session's timer.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(at, _)| *at)
+        let e = self.expiries.first().map(|(at, _)| *at);
+        let s = self.sends.first().map(|(at, _)| *at);
+        match (e, s) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Removes and returns every subscription whose deadline is at or before `now`.
+    /// Removes and returns every subscription whose expiry is at or before `now`.
     pub fn take_expired(&mut self, now: Instant) -> Vec<(String, Subscription)> {
-        let mut out = Vec::new();
-        while let Some((at, _)) = self.deadlines.first() {
+        let mut ids = Vec::new();
+        for (at, id) in &self.expiries {
             if *at > now {
                 break;
             }
-            let Some((_, id)) = self.deadlines.pop_first() else {
-                break;
-            };
-            if let Some(sub) = self.subs.remove(&id) {
-                out.push((id, sub));
-            }
+            ids.push(id.clone());
         }
-        out
+        ids.into_iter()
+            .filter_map(|id| self.remove(&id).map(|s| (id, s)))
+            .collect()
     }
 
     /// Removes and returns everything (shutdown, session end).
     pub fn drain(&mut self) -> Vec<(String, Subscription)> {
-        self.deadlines.clear();
+        self.expiries.clear();
+        self.sends.clear();
+        self.send_at.clear();
+        self.by_user.clear();
         self.subs.drain().collect()
     }
 }
@@ -126,18 +206,16 @@ impl Registry {
 mod tests {
     use super::*;
 
+    fn sub(user: &str, at: Instant, v: u64) -> Subscription {
+        Subscription::new(user.into(), at, v)
+    }
+
     #[test]
     fn expiry_order_refresh_and_versions() {
         let t0 = Instant::now();
         let mut r = Registry::default();
-        r.insert(
-            "a".into(),
-            Subscription::new("sip:a@x".into(), t0 + Duration::from_secs(10), 0),
-        );
-        r.insert(
-            "b".into(),
-            Subscription::new("sip:b@x".into(), t0 + Duration::from_secs(5), 7),
-        );
+        r.insert("a".into(), sub("sip:a@x", t0 + Duration::from_secs(10), 0));
+        r.insert("b".into(), sub("sip:b@x", t0 + Duration::from_secs(5), 7));
         assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(5)));
 
         assert!(r.refresh("b", t0, Duration::from_secs(20)));
@@ -149,6 +227,7 @@ mod tests {
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].0, "a");
         assert_eq!(r.len(), 1);
+        assert!(r.subs_of("sip:a@x").is_empty());
 
         let b = r.get_mut("b").unwrap();
         assert_eq!((b.take_version(), b.take_version()), (7, 8));
@@ -157,17 +236,32 @@ mod tests {
     }
 
     #[test]
+    fn deferred_sends_keep_the_earliest_and_leave_with_their_subscription() {
+        let t0 = Instant::now();
+        let mut r = Registry::default();
+        r.insert("a".into(), sub("u", t0 + Duration::from_secs(100), 0));
+        r.insert("b".into(), sub("u", t0 + Duration::from_secs(100), 0));
+        assert_eq!(r.subs_of("u").len(), 2);
+        r.schedule_send("a", t0 + Duration::from_millis(200));
+        r.schedule_send("a", t0 + Duration::from_millis(300));
+        r.schedule_send("b", t0 + Duration::from_millis(100));
+        assert_eq!(r.next_deadline(), Some(t0 + Duration::from_millis(100)));
+        r.remove("b");
+        assert_eq!(r.next_deadline(), Some(t0 + Duration::from_millis(200)));
+        assert!(r.take_due_sends(t0 + Duration::from_millis(199)).is_empty());
+        assert_eq!(
+            r.take_due_sends(t0 + Duration::from_millis(200)),
+            vec!["a".to_owned()]
+        );
+        assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(100)));
+    }
+
+    #[test]
     fn replacing_an_id_drops_its_old_deadline() {
         let t0 = Instant::now();
         let mut r = Registry::default();
-        r.insert(
-            "a".into(),
-            Subscription::new("s".into(), t0 + Duration::from_secs(1), 0),
-        );
-        r.insert(
-            "a".into(),
-            Subscription::new("s".into(), t0 + Duration::from_secs(9), 0),
-        );
+        r.insert("a".into(), sub("s", t0 + Duration::from_secs(1), 0));
+        r.insert("a".into(), sub("s", t0 + Duration::from_secs(9), 0));
         assert!(r.take_expired(t0 + Duration::from_secs(5)).is_empty());
         assert_eq!(r.drain().len(), 1);
         assert!(r.is_empty() && r.next_deadline().is_none());

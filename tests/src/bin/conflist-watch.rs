@@ -8,13 +8,18 @@ use sip::HeaderName;
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let url = args.next().unwrap_or_else(|| "ws://127.0.0.1:8080".to_owned());
+    let url = args
+        .next()
+        .unwrap_or_else(|| "ws://127.0.0.1:8080".to_owned());
     let user = args.next().unwrap_or_else(|| "alice".to_owned());
     let mut client = SipWsClient::connect(&url).await?;
     let sub = client.subscribe(&user, 3600).await?;
     println!(
         "subscribed: 200 OK, Expires {}",
-        sub.response.headers.get(&HeaderName::EXPIRES).unwrap_or("?")
+        sub.response
+            .headers
+            .get(&HeaderName::EXPIRES)
+            .unwrap_or("?")
     );
     loop {
         let notify = match client.recv_notify().await {
@@ -22,10 +27,16 @@ async fn main() -> Result<()> {
             Err(e) if e.to_string().contains("within the timeout") => continue,
             Err(e) => return Err(e),
         };
-        let state = notify.headers.get(&HeaderName::SUBSCRIPTION_STATE).unwrap_or("?");
+        let state = notify
+            .headers
+            .get(&HeaderName::SUBSCRIPTION_STATE)
+            .unwrap_or("?");
         println!("\nNOTIFY  Subscription-State: {state}");
         println!("{}", String::from_utf8_lossy(&notify.body));
-        client.respond(&notify, 200).await.context("answer NOTIFY")?;
+        client
+            .respond(&notify, 200)
+            .await
+            .context("answer NOTIFY")?;
         if state.starts_with("terminated") {
             return Ok(());
         }

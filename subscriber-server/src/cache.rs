@@ -1,0 +1,331 @@
+//! The per-user document cache shared by every session of this server instance.
+//!
+//! A user is cached while at least one live subscription (in any session) needs them. The
+//! cache indexes which cached users hold which conference, so a change to a conference
+//! recomputes exactly the users who were or are its members, with one query per batch. A
+//! changed user is marked dirty in every interested session's wake set (a set, so bursts
+//! coalesce by construction, and bounded by the session's distinct users).
+//!
+//! Race rule (no lost update): a user loaded while a batch was being applied is re-checked
+//! in the next batch (the `generation` counter tells), so a change that committed after the
+//! load's snapshot but was processed before the load finished is never missed.
+
+use crate::directory::{Directory, DirectoryError};
+use document::Conference;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::Notify;
+
+/// One user's conferences at one revision (sorted by entity). Shared, never mutated.
+#[derive(Debug)]
+pub struct UserDoc {
+    /// Increases with every change to this user's list.
+    pub revision: u64,
+    /// The conferences.
+    pub conferences: Arc<Vec<Conference>>,
+}
+
+/// Identifies a session's registration.
+pub type SessionKey = u64;
+
+/// A session's wake-up: the users that changed since it last looked.
+#[derive(Debug, Default)]
+pub struct SessionWake {
+    dirty: Mutex<HashSet<String>>,
+    notify: Notify,
+}
+
+impl SessionWake {
+    /// Waits until some user changed.
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Takes the users that changed.
+    pub fn take(&self) -> HashSet<String> {
+        std::mem::take(&mut *lock(&self.dirty))
+    }
+
+    fn mark(&self, user: &str) {
+        lock(&self.dirty).insert(user.to_owned());
+        self.notify.notify_one();
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    doc: Arc<UserDoc>,
+    /// Subscriptions per session that need this user.
+    sessions: HashMap<SessionKey, usize>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    users: HashMap<String, Entry>,
+    by_conference: HashMap<String, HashSet<String>>,
+    sessions: HashMap<SessionKey, Arc<SessionWake>>,
+    next_session: SessionKey,
+    /// Bumped whenever a batch is applied.
+    generation: u64,
+    /// Users to recompute in the next batch.
+    recheck: HashSet<String>,
+}
+
+/// The cache.
+#[derive(Debug)]
+pub struct Cache {
+    inner: Mutex<Inner>,
+    directory: Directory,
+    /// Wakes the change follower (a recheck is pending).
+    pub follower_wake: Notify,
+}
+
+impl Cache {
+    /// An empty cache over `directory`.
+    pub fn new(directory: Directory) -> Self {
+        Self {
+            inner: Mutex::default(),
+            directory,
+            follower_wake: Notify::new(),
+        }
+    }
+
+    /// The directory behind the cache.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// Registers a session; its wake set receives the users that change.
+    pub fn register_session(&self) -> (SessionKey, Arc<SessionWake>) {
+        let mut inner = lock(&self.inner);
+        let key = inner.next_session;
+        inner.next_session += 1;
+        let wake = Arc::new(SessionWake::default());
+        inner.sessions.insert(key, wake.clone());
+        (key, wake)
+    }
+
+    /// Forgets a session and everything it attached.
+    pub fn unregister_session(&self, key: SessionKey) {
+        let mut inner = lock(&self.inner);
+        inner.sessions.remove(&key);
+        let users: Vec<String> = inner
+            .users
+            .iter()
+            .filter(|(_, e)| e.sessions.contains_key(&key))
+            .map(|(u, _)| u.clone())
+            .collect();
+        for user in users {
+            if let Some(e) = inner.users.get_mut(&user) {
+                e.sessions.remove(&key);
+                if e.sessions.is_empty() {
+                    remove_user(&mut inner, &user);
+                }
+            }
+        }
+    }
+
+    /// One more subscription of `session` needs `user`: the user's current document,
+    /// loaded from the database if not cached.
+    pub async fn attach(
+        &self,
+        session: SessionKey,
+        user: &str,
+    ) -> Result<Arc<UserDoc>, DirectoryError> {
+        let generation = {
+            let mut inner = lock(&self.inner);
+            if let Some(e) = inner.users.get_mut(user) {
+                *e.sessions.entry(session).or_default() += 1;
+                return Ok(e.doc.clone());
+            }
+            inner.generation
+        };
+        let loaded = self
+            .directory
+            .conferences_of_many(&[user.to_owned()])
+            .await?
+            .remove(user)
+            .unwrap_or_default();
+        let mut inner = lock(&self.inner);
+        if let Some(e) = inner.users.get_mut(user) {
+            // Another session loaded it meanwhile; theirs is as fresh as ours.
+            *e.sessions.entry(session).or_default() += 1;
+            return Ok(e.doc.clone());
+        }
+        let doc = Arc::new(UserDoc {
+            revision: 0,
+            conferences: Arc::new(loaded),
+        });
+        index(&mut inner, user, &doc.conferences);
+        inner.users.insert(
+            user.to_owned(),
+            Entry {
+                doc: doc.clone(),
+                sessions: HashMap::from([(session, 1)]),
+            },
+        );
+        if inner.generation != generation {
+            inner.recheck.insert(user.to_owned());
+            drop(inner);
+            self.follower_wake.notify_one();
+        }
+        Ok(doc)
+    }
+
+    /// One subscription of `session` no longer needs `user`.
+    pub fn detach(&self, session: SessionKey, user: &str) {
+        let mut inner = lock(&self.inner);
+        let Some(e) = inner.users.get_mut(user) else {
+            return;
+        };
+        if let Some(n) = e.sessions.get_mut(&session) {
+            *n -= 1;
+            if *n == 0 {
+                e.sessions.remove(&session);
+            }
+        }
+        if e.sessions.is_empty() {
+            remove_user(&mut inner, user);
+        }
+    }
+
+    /// The current document of a cached user.
+    pub fn current(&self, user: &str) -> Option<Arc<UserDoc>> {
+        lock(&self.inner).users.get(user).map(|e| e.doc.clone())
+    }
+
+    /// Number of cached users.
+    pub fn len(&self) -> usize {
+        lock(&self.inner).users.len()
+    }
+
+    /// True when nobody is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Recomputes the cached users affected by changes to `conferences` (and any pending
+    /// rechecks); returns how many users' lists changed. `everyone` recomputes every cached
+    /// user (polling mode, or a resync after the log was truncated past us).
+    pub async fn apply_changes(
+        &self,
+        conferences: &HashSet<String>,
+        everyone: bool,
+    ) -> Result<usize, DirectoryError> {
+        let (mut candidates, recheck) = {
+            let mut inner = lock(&self.inner);
+            let candidates: HashSet<String> = if everyone {
+                inner.users.keys().cloned().collect()
+            } else {
+                conferences
+                    .iter()
+                    .filter_map(|c| inner.by_conference.get(c))
+                    .flatten()
+                    .cloned()
+                    .collect()
+            };
+            (candidates, std::mem::take(&mut inner.recheck))
+        };
+        candidates.extend(recheck);
+        let conference_list: Vec<String> = conferences.iter().cloned().collect();
+        let members = if everyone {
+            Vec::new()
+        } else {
+            self.directory.members_of(&conference_list).await?
+        };
+        {
+            let inner = lock(&self.inner);
+            candidates.extend(
+                members
+                    .iter()
+                    .filter(|(_, u)| inner.users.contains_key(u))
+                    .map(|(_, u)| u.clone()),
+            );
+        }
+        let users: Vec<String> = candidates.iter().cloned().collect();
+        let mut docs = self.directory.conferences_of_many(&users).await?;
+
+        let mut inner = lock(&self.inner);
+        inner.generation += 1;
+        let mut changed = 0;
+        for user in &users {
+            let new = docs.remove(user).unwrap_or_default();
+            let Some(entry) = inner.users.get(user) else {
+                continue;
+            };
+            if *entry.doc.conferences == new {
+                continue;
+            }
+            let old = entry.doc.conferences.clone();
+            let doc = Arc::new(UserDoc {
+                revision: entry.doc.revision + 1,
+                conferences: Arc::new(new),
+            });
+            unindex(&mut inner, user, &old);
+            index(&mut inner, user, &doc.conferences);
+            let sessions: Vec<SessionKey> = match inner.users.get_mut(user) {
+                Some(e) => {
+                    e.doc = doc;
+                    e.sessions.keys().copied().collect()
+                }
+                None => continue,
+            };
+            for key in sessions {
+                if let Some(wake) = inner.sessions.get(&key) {
+                    wake.mark(user);
+                }
+            }
+            changed += 1;
+        }
+        // Users cached while this batch ran, who may be affected but were not recomputed.
+        let late: Vec<String> = conferences
+            .iter()
+            .filter_map(|c| inner.by_conference.get(c))
+            .flatten()
+            .chain(members.iter().map(|(_, u)| u))
+            .filter(|u| inner.users.contains_key(*u) && !candidates.contains(*u))
+            .cloned()
+            .collect();
+        let more = !late.is_empty();
+        inner.recheck.extend(late);
+        drop(inner);
+        if more {
+            self.follower_wake.notify_one();
+        }
+        Ok(changed)
+    }
+}
+
+fn index(inner: &mut Inner, user: &str, conferences: &[Conference]) {
+    for c in conferences {
+        inner
+            .by_conference
+            .entry(c.entity.clone())
+            .or_default()
+            .insert(user.to_owned());
+    }
+}
+
+fn unindex(inner: &mut Inner, user: &str, conferences: &[Conference]) {
+    for c in conferences {
+        if let Some(set) = inner.by_conference.get_mut(&c.entity) {
+            set.remove(user);
+            if set.is_empty() {
+                inner.by_conference.remove(&c.entity);
+            }
+        }
+    }
+}
+
+fn remove_user(inner: &mut Inner, user: &str) {
+    if let Some(e) = inner.users.remove(user) {
+        let confs = e.doc.conferences.clone();
+        unindex(inner, user, &confs);
+    }
+    inner.recheck.remove(user);
+}
+
+/// Locks a mutex; critical sections here are short and never span an await.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

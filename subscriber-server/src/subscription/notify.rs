@@ -1,0 +1,211 @@
+//! What a subscription should send now, sans-IO: nothing, later (rate control), or a
+//! document — full for the first Notification and whenever a partial would not be smaller
+//! (or full documents are forced), otherwise the partial diff against what the client holds.
+
+use super::Subscription;
+use document::{Conference, ConferenceList};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Notification policy from config.
+#[derive(Debug, Clone, Copy)]
+pub struct NotifyPolicy {
+    /// Least time between two Notifications of one subscription (RFC 6446-style); changes
+    /// inside it are coalesced into one carrying the latest state.
+    pub min_interval: Duration,
+    /// Never send partial documents.
+    pub full_only: bool,
+}
+
+/// The decision.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// The client is current and nothing is owed (or a transaction is in flight: marked
+    /// pending and sent when it is answered).
+    Nothing,
+    /// Too soon after the last one: send at this instant.
+    Defer(Instant),
+    /// Send this document; the subscription already records it as sent and in flight.
+    Send(ConferenceList),
+}
+
+/// Decides for `sub` given the user's `latest` list at `now`; `owed` marks a refresh that
+/// must be answered with a NOTIFY even if nothing changed. Updates `sub`'s delivery state.
+pub fn plan(
+    sub: &mut Subscription,
+    latest: &Arc<Vec<Conference>>,
+    now: Instant,
+    owed: bool,
+    policy: NotifyPolicy,
+) -> Plan {
+    sub.owed |= owed;
+    if sub.in_flight {
+        sub.pending = true;
+        return Plan::Nothing;
+    }
+    let current = sub
+        .sent
+        .as_ref()
+        .is_some_and(|s| Arc::ptr_eq(s, latest) || **s == **latest);
+    if current && !sub.owed {
+        sub.pending = false;
+        return Plan::Nothing;
+    }
+    if !sub.owed
+        && let Some(last) = sub.last_sent
+        && now < last + policy.min_interval
+    {
+        sub.pending = true;
+        return Plan::Defer(last + policy.min_interval);
+    }
+    let version = sub.take_version();
+    let full = ConferenceList::full(sub.subscriber.clone(), version, latest.to_vec());
+    let doc = match &sub.sent {
+        Some(held) if !policy.full_only => {
+            let partial = document::diff(&sub.subscriber, version, held, latest);
+            if document::prefer_full(&partial, &full) {
+                full
+            } else {
+                partial
+            }
+        }
+        _ => full,
+    };
+    sub.sent = Some(latest.clone());
+    sub.in_flight = true;
+    sub.pending = false;
+    sub.owed = false;
+    sub.last_sent = Some(now);
+    Plan::Send(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use document::{DocumentState, Entry};
+
+    fn conf(n: u32, subject: &str) -> Conference {
+        let mut c = Conference {
+            entity: format!("sip:{n}@conf.example.com"),
+            ..Conference::default()
+        };
+        c.description.display_text = Some(format!("Conference number {n} with a long name"));
+        c.description.subject = Some(subject.to_owned());
+        c
+    }
+
+    fn list(subjects: &[&str]) -> Arc<Vec<Conference>> {
+        Arc::new(
+            subjects
+                .iter()
+                .enumerate()
+                .map(|(i, s)| conf(i as u32, s))
+                .collect(),
+        )
+    }
+
+    const POLICY: NotifyPolicy = NotifyPolicy {
+        min_interval: Duration::from_millis(200),
+        full_only: false,
+    };
+
+    fn sent(plan: Plan) -> ConferenceList {
+        match plan {
+            Plan::Send(d) => d,
+            other => panic!("expected a document, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn first_is_full_then_partial_then_waits_for_delivery_and_rate() {
+        let t0 = Instant::now();
+        let mut sub =
+            Subscription::new("sip:a@example.com".into(), t0 + Duration::from_secs(60), 0);
+        let v0 = list(&["a", "b", "c", "d", "e", "f"]);
+        let d = sent(plan(&mut sub, &v0, t0, false, POLICY));
+        assert_eq!(
+            (d.version, d.state, d.entries.len()),
+            (0, DocumentState::Full, 6)
+        );
+
+        // In flight: a change only marks the subscription pending.
+        let v1 = list(&["a", "B", "c", "d", "e", "f"]);
+        assert_eq!(plan(&mut sub, &v1, t0, false, POLICY), Plan::Nothing);
+        assert!(sub.pending);
+
+        // Delivered, but inside the minimum interval: deferred to last + interval.
+        sub.in_flight = false;
+        let t1 = t0 + Duration::from_millis(50);
+        assert_eq!(
+            plan(&mut sub, &v1, t1, false, POLICY),
+            Plan::Defer(t0 + Duration::from_millis(200))
+        );
+
+        // Due: a partial with only the changed conference.
+        let t2 = t0 + Duration::from_millis(200);
+        let d = sent(plan(&mut sub, &v1, t2, false, POLICY));
+        assert_eq!((d.version, d.state), (1, DocumentState::Partial));
+        assert_eq!(d.entries, vec![Entry::Full(conf(1, "B"))]);
+
+        // Nothing new: nothing sent.
+        sub.in_flight = false;
+        assert_eq!(
+            plan(&mut sub, &v1, t2 + Duration::from_secs(1), false, POLICY),
+            Plan::Nothing
+        );
+    }
+
+    #[test]
+    fn a_refresh_is_owed_a_notify_even_when_current_and_inside_the_interval() {
+        let t0 = Instant::now();
+        let mut sub = Subscription::new("sip:a@example.com".into(), t0, 4);
+        let v = list(&["a", "b", "c"]);
+        sent(plan(&mut sub, &v, t0, false, POLICY));
+        sub.in_flight = false;
+        let d = sent(plan(
+            &mut sub,
+            &v,
+            t0 + Duration::from_millis(1),
+            true,
+            POLICY,
+        ));
+        assert_eq!((d.version, d.state), (5, DocumentState::Partial));
+        assert!(
+            d.entries.is_empty(),
+            "an empty partial: the client is current"
+        );
+    }
+
+    #[test]
+    fn removals_are_deleted_entries_and_full_can_be_forced() {
+        let t0 = Instant::now();
+        let mut sub = Subscription::new("sip:a@example.com".into(), t0, 0);
+        let before = list(&["a", "b", "c", "d"]);
+        sent(plan(&mut sub, &before, t0, false, POLICY));
+        sub.in_flight = false;
+        let after = Arc::new(before[..3].to_vec());
+        let later = t0 + Duration::from_secs(1);
+        let d = sent(plan(&mut sub, &after, later, false, POLICY));
+        assert_eq!(
+            d.entries,
+            vec![Entry::Deleted {
+                entity: "sip:3@conf.example.com".into()
+            }]
+        );
+
+        let forced = NotifyPolicy {
+            full_only: true,
+            ..POLICY
+        };
+        sub.in_flight = false;
+        let d = sent(plan(
+            &mut sub,
+            &before,
+            later + Duration::from_secs(1),
+            false,
+            forced,
+        ));
+        assert_eq!((d.state, d.entries.len()), (DocumentState::Full, 4));
+    }
+}
