@@ -230,3 +230,43 @@ fn start_line(m: &Message) -> String {
         Message::Response(r) => format!("{} response", r.status.as_u16()),
     }
 }
+
+/// A subscriber's view of its list: applies every document as a client would (full replaces,
+/// partial patches, a version gap is an error) and answers each NOTIFY with 200.
+#[derive(Debug, Default)]
+pub struct ListView {
+    pub conferences: Vec<document::Conference>,
+    pub version: Option<u64>,
+    pub notifies: usize,
+}
+
+impl ListView {
+    /// Receives the next NOTIFY on `client`, answers 200, applies its document (if any) and
+    /// returns it with the NOTIFY.
+    pub async fn next(
+        &mut self,
+        client: &mut SipWsClient,
+    ) -> Result<(Request, Option<document::ConferenceList>)> {
+        let notify = client.recv_notify().await?;
+        client.respond(&notify, 200).await?;
+        self.notifies += 1;
+        if notify.body.is_empty() {
+            return Ok((notify, None));
+        }
+        let doc = document_of(&notify)?;
+        self.conferences = document::apply(&self.conferences, self.version, &doc)
+            .map_err(|e| anyhow!("applying version {}: {e}", doc.version))?;
+        self.version = Some(doc.version);
+        Ok((notify, Some(doc)))
+    }
+
+    /// Entities held, sorted.
+    pub fn entities(&self) -> Vec<String> {
+        self.conferences.iter().map(|c| c.entity.clone()).collect()
+    }
+
+    /// The held conference `entity`.
+    pub fn get(&self, entity: &str) -> Option<&document::Conference> {
+        self.conferences.iter().find(|c| c.entity == entity)
+    }
+}

@@ -9,7 +9,7 @@ pub mod client;
 pub mod db;
 pub mod process;
 
-pub use client::{SipWsClient, Subscription};
+pub use client::{ListView, SipWsClient, Subscription};
 pub use db::TestDb;
 pub use process::{Proxy, Server, ServerOptions, spawn_proxy, spawn_server};
 

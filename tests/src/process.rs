@@ -36,6 +36,10 @@ fn binary(name: &str) -> Result<PathBuf> {
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub min_expires: u32,
+    /// Load the reference schema and demo data (`--demo-data`).
+    pub demo: bool,
+    /// Fixed gRPC address (a restarted server takes over its predecessor's port).
+    pub grpc_listen: Option<String>,
     pub extra_args: Vec<String>,
 }
 
@@ -43,6 +47,8 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             min_expires: 1,
+            demo: true,
+            grpc_listen: None,
             extra_args: Vec::new(),
         }
     }
@@ -67,12 +73,13 @@ pub struct Proxy {
 /// Starts a server on `database_url` with the demo data loaded.
 pub async fn spawn_server(database_url: &str, opts: &ServerOptions) -> Result<Server> {
     let mut cmd = Command::new(binary("conflist-server")?);
+    cmd.args(["--database-url", database_url]);
+    if opts.demo {
+        cmd.arg("--demo-data");
+    }
     cmd.args([
-        "--database-url",
-        database_url,
-        "--demo-data",
         "--grpc-listen",
-        "127.0.0.1:0",
+        opts.grpc_listen.as_deref().unwrap_or("127.0.0.1:0"),
         "--admin-listen",
         "127.0.0.1:0",
         "--min-expires",

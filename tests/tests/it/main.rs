@@ -4,6 +4,8 @@
 
 mod bad_input;
 mod directory;
+mod faults;
+mod live_updates;
 mod shutdown;
 mod subscribe;
 
