@@ -143,12 +143,40 @@ pub async fn run_db_command(config: &Config, command: &config::DbCommand) -> any
     let directory = directory::Directory::connect(&config.database_url, 2)
         .await
         .context("connect to the database")?;
-    directory
-        .migrate()
-        .await
-        .context("apply the reference schema")?;
-    if matches!(command, config::DbCommand::DemoData) {
-        directory.load_demo_data().await.context("load demo data")?;
+    match command {
+        config::DbCommand::Migrate => {
+            directory
+                .migrate()
+                .await
+                .context("apply the reference schema")?;
+        }
+        config::DbCommand::DemoData => {
+            directory
+                .migrate()
+                .await
+                .context("apply the reference schema")?;
+            directory.load_demo_data().await.context("load demo data")?;
+        }
+        config::DbCommand::Install { watches } => {
+            let watches = watches
+                .iter()
+                .map(|w| directory::changelog::Watch::parse(w))
+                .collect::<Result<Vec<_>, _>>()?;
+            directory
+                .install_watches(&watches)
+                .await
+                .context("install the change log and triggers")?;
+            for w in &watches {
+                println!("watching {} (conference: {})", w.table, w.conference_expr);
+            }
+        }
+        config::DbCommand::Uninstall => {
+            let removed = directory
+                .uninstall_watches()
+                .await
+                .context("remove the change log and triggers")?;
+            println!("removed triggers from: {}", removed.join(", "));
+        }
     }
     directory.close().await;
     Ok(())

@@ -6,7 +6,9 @@ mod bad_input;
 mod directory;
 mod faults;
 mod live_updates;
+mod operator_schema;
 mod shutdown;
+mod sqlite;
 mod subscribe;
 
 use conflist_tests::{Proxy, Server, ServerOptions, TestDb, spawn_proxy, spawn_server};
