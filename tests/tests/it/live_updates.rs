@@ -12,7 +12,7 @@ const C1002: &str = "sip:1002@conf.example.com";
 const C1003: &str = "sip:1003@conf.example.com";
 
 /// A client subscribed to `user`'s list, holding its first (full) document.
-pub async fn watching(url: &str, user: &str) -> (SipWsClient, ListView) {
+pub(crate) async fn watching(url: &str, user: &str) -> (SipWsClient, ListView) {
     let mut c = SipWsClient::connect(url).await.unwrap();
     c.subscribe(user, 600).await.unwrap();
     let mut view = ListView::default();
@@ -21,7 +21,7 @@ pub async fn watching(url: &str, user: &str) -> (SipWsClient, ListView) {
     (c, view)
 }
 
-pub async fn exec(db: &mut PgConnection, sql: &str) {
+pub(crate) async fn exec(db: &mut PgConnection, sql: &str) {
     db.execute(sqlx::AssertSqlSafe(sql.to_owned()))
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -201,7 +201,7 @@ async fn a_burst_of_changes_is_coalesced_and_converges() {
     let notifies = view.notifies - 1;
     println!("1000 changes in {burst:?} -> {notifies} NOTIFYs");
     assert!(
-        notifies >= 1 && notifies < 100,
+        (1..100).contains(&notifies),
         "{notifies} NOTIFYs for 1000 changes: not coalesced"
     );
 }
