@@ -208,4 +208,44 @@ mod tests {
         ));
         assert_eq!((d.state, d.entries.len()), (DocumentState::Full, 4));
     }
+
+    proptest::proptest! {
+        /// Whatever `plan` sends — partial or full — applied in order by a client, equals the
+        /// list it was planned from, with versions contiguous from 0.
+        #[test]
+        fn applying_every_planned_document_reproduces_each_state(
+            // Subjects are non-empty: the directory maps blank text to None, as the
+            // document does.
+            steps in proptest::collection::vec(
+                proptest::collection::btree_map(0u32..12, "[a-z<&\"]{1,6}", 0..8),
+                1..12,
+            ),
+            full_only in proptest::bool::ANY,
+        ) {
+            let policy = NotifyPolicy { min_interval: Duration::from_millis(10), full_only };
+            let t0 = Instant::now();
+            let mut sub = Subscription::new("sip:p@example.com".into(), t0, 0);
+            let mut held: Vec<Conference> = Vec::new();
+            let mut held_version = None;
+            for (i, step) in steps.iter().enumerate() {
+                let latest: Arc<Vec<Conference>> =
+                    Arc::new(step.iter().map(|(n, s)| conf(*n, s)).collect());
+                let now = t0 + Duration::from_secs(i as u64 + 1);
+                sub.in_flight = false;
+                match plan(&mut sub, &latest, now, false, policy) {
+                    Plan::Send(doc) => {
+                        // Through the wire form, as a client sees it.
+                        let doc = ConferenceList::parse(&doc.render()).unwrap();
+                        held = document::apply(&held, held_version, &doc).unwrap();
+                        held_version = Some(doc.version);
+                    }
+                    Plan::Nothing => {}
+                    Plan::Defer(_) => panic!("steps are a second apart"),
+                }
+                let mut want = latest.to_vec();
+                want.sort_by(|a, b| a.entity.cmp(&b.entity));
+                proptest::prop_assert_eq!(&held, &want);
+            }
+        }
+    }
 }
