@@ -204,65 +204,95 @@ impl Cache {
         self.len() == 0
     }
 
-    /// Recomputes the cached users affected by changes to `conferences` (and any pending
-    /// rechecks); returns how many users' lists changed. `everyone` recomputes every cached
-    /// user (polling mode, or a resync after the log was truncated past us).
+    /// Brings the cached users affected by changes to `conferences` up to date; returns how
+    /// many users' lists changed. One query fetches every membership of the changed
+    /// conferences; each affected user's list is patched (its other conferences did not
+    /// change: every change is logged). Users loaded while an earlier batch ran (rechecks)
+    /// are recomputed whole. `everyone` recomputes every cached user (polling mode, or a
+    /// resync after the log was truncated past us).
     pub async fn apply_changes(
         &self,
         conferences: &HashSet<String>,
         everyone: bool,
     ) -> Result<usize, DirectoryError> {
-        let (mut candidates, recheck) = {
+        let whole: Vec<String> = {
             let mut inner = lock(&self.inner);
-            let candidates: HashSet<String> = if everyone {
-                inner.users.keys().cloned().collect()
-            } else {
-                conferences
-                    .iter()
-                    .filter_map(|c| inner.by_conference.get(c))
-                    .flatten()
-                    .cloned()
-                    .collect()
-            };
-            (candidates, std::mem::take(&mut inner.recheck))
+            let mut whole = std::mem::take(&mut inner.recheck);
+            if everyone {
+                whole.extend(inner.users.keys().cloned());
+            }
+            whole.into_iter().collect()
         };
-        candidates.extend(recheck);
-        let conference_list: Vec<String> = conferences.iter().cloned().collect();
-        let members = if everyone {
+        let changed: Vec<String> = if everyone {
             Vec::new()
         } else {
-            self.directory.members_of(&conference_list).await?
+            conferences.iter().cloned().collect()
         };
-        {
-            let inner = lock(&self.inner);
-            candidates.extend(
-                members
-                    .iter()
-                    .filter(|(_, u)| inner.users.contains_key(u))
-                    .map(|(_, u)| u.clone()),
-            );
-        }
-        let users: Vec<String> = candidates.iter().cloned().collect();
-        let mut docs = self.directory.conferences_of_many(&users).await?;
+        let memberships = self.directory.memberships_of(&changed).await?;
+        let mut recomputed = self.directory.conferences_of_many(&whole).await?;
 
+        // The new rows of the changed conferences, per member.
+        let mut patches: HashMap<String, Vec<Conference>> = HashMap::new();
+        for (user, conference) in memberships {
+            patches.entry(user).or_default().push(conference);
+        }
         let mut inner = lock(&self.inner);
         inner.generation += 1;
-        let mut changed = 0;
-        for user in &users {
-            let new = docs.remove(user).unwrap_or_default();
+        let whole: HashSet<String> = whole.into_iter().collect();
+        let mut patched: HashSet<String> = changed
+            .iter()
+            .filter_map(|c| inner.by_conference.get(c))
+            .flatten()
+            .cloned()
+            .collect();
+        patched.extend(
+            patches
+                .keys()
+                .filter(|u| inner.users.contains_key(*u))
+                .cloned(),
+        );
+        patched.retain(|u| !whole.contains(u));
+
+        let mut changed_users = 0;
+        for user in whole.iter().chain(patched.iter()) {
             let Some(entry) = inner.users.get(user) else {
                 continue;
             };
-            if *entry.doc.conferences == new {
-                continue;
-            }
+            let new = if whole.contains(user) {
+                let new = recomputed.remove(user).unwrap_or_default();
+                if *entry.doc.conferences == new {
+                    continue;
+                }
+                new
+            } else {
+                let mut rows = patches.remove(user).unwrap_or_default();
+                rows.sort_by(|a, b| a.entity.cmp(&b.entity));
+                // Only the changed conferences can differ: compare just those.
+                let before = entry
+                    .doc
+                    .conferences
+                    .iter()
+                    .filter(|c| conferences.contains(&c.entity));
+                if before.eq(rows.iter()) {
+                    continue;
+                }
+                let mut list: Vec<Conference> = entry
+                    .doc
+                    .conferences
+                    .iter()
+                    .filter(|c| !conferences.contains(&c.entity))
+                    .cloned()
+                    .collect();
+                list.extend(rows);
+                list.sort_by(|a, b| a.entity.cmp(&b.entity));
+                list
+            };
             let old = entry.doc.conferences.clone();
             let doc = Arc::new(UserDoc {
                 revision: entry.doc.revision + 1,
                 conferences: Arc::new(new),
             });
-            unindex(&mut inner, user, &old);
-            index(&mut inner, user, &doc.conferences);
+            reindex(&mut inner, user, &old, &doc.conferences);
             let sessions: Vec<SessionKey> = match inner.users.get_mut(user) {
                 Some(e) => {
                     e.doc = doc;
@@ -275,24 +305,31 @@ impl Cache {
                     wake.mark(user);
                 }
             }
-            changed += 1;
+            changed_users += 1;
         }
-        // Users cached while this batch ran, who may be affected but were not recomputed.
-        let late: Vec<String> = conferences
-            .iter()
-            .filter_map(|c| inner.by_conference.get(c))
-            .flatten()
-            .chain(members.iter().map(|(_, u)| u))
-            .filter(|u| inner.users.contains_key(*u) && !candidates.contains(*u))
-            .cloned()
-            .collect();
-        let more = !late.is_empty();
-        inner.recheck.extend(late);
-        drop(inner);
-        if more {
-            self.follower_wake.notify_one();
+        Ok(changed_users)
+    }
+}
+
+/// Updates the conference index for the conferences that entered or left `user`'s list
+/// (both lists sorted by entity); a change of content alone touches nothing.
+fn reindex(inner: &mut Inner, user: &str, old: &[Conference], new: &[Conference]) {
+    let old_set: HashSet<&str> = old.iter().map(|c| c.entity.as_str()).collect();
+    let new_set: HashSet<&str> = new.iter().map(|c| c.entity.as_str()).collect();
+    for gone in old.iter().filter(|c| !new_set.contains(c.entity.as_str())) {
+        if let Some(set) = inner.by_conference.get_mut(&gone.entity) {
+            set.remove(user);
+            if set.is_empty() {
+                inner.by_conference.remove(&gone.entity);
+            }
         }
-        Ok(changed)
+    }
+    for added in new.iter().filter(|c| !old_set.contains(c.entity.as_str())) {
+        inner
+            .by_conference
+            .entry(added.entity.clone())
+            .or_default()
+            .insert(user.to_owned());
     }
 }
 

@@ -75,6 +75,16 @@ JOIN conflist_conferences c ON c.conference_uri = m.conference_uri
 WHERE m.user_uri = ANY($1)
 ORDER BY m.user_uri, c.conference_uri"#;
 
+const POSTGRES_OF_CONFERENCES: &str = r#"
+SELECT m.user_uri, c.conference_uri, c.display_text, c.subject, c.free_text, c.keywords, c.web_page,
+       c.maximum_user_count::BIGINT AS maximum_user_count, c.available_media,
+       to_char(c.starts_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS starts_at,
+       to_char(c.ends_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS ends_at,
+       m.role
+FROM conflist_members m
+JOIN conflist_conferences c ON c.conference_uri = m.conference_uri
+WHERE m.conference_uri = ANY($1)"#;
+
 const SQLITE_MANY: &str = r#"
 SELECT m.user_uri, c.conference_uri, c.display_text, c.subject, c.free_text, c.keywords, c.web_page,
        c.maximum_user_count, c.available_media,
@@ -85,6 +95,16 @@ FROM conflist_members m
 JOIN conflist_conferences c ON c.conference_uri = m.conference_uri
 WHERE m.user_uri IN (SELECT value FROM json_each(?1))
 ORDER BY m.user_uri, c.conference_uri"#;
+
+const SQLITE_OF_CONFERENCES: &str = r#"
+SELECT m.user_uri, c.conference_uri, c.display_text, c.subject, c.free_text, c.keywords, c.web_page,
+       c.maximum_user_count, c.available_media,
+       strftime('%Y-%m-%dT%H:%M:%SZ', c.starts_at) AS starts_at,
+       strftime('%Y-%m-%dT%H:%M:%SZ', c.ends_at) AS ends_at,
+       m.role
+FROM conflist_members m
+JOIN conflist_conferences c ON c.conference_uri = m.conference_uri
+WHERE m.conference_uri IN (SELECT value FROM json_each(?1))"#;
 
 /// Demo users and conferences (valid SQL on both back-ends, idempotent).
 pub const DEMO_DATA: &str = include_str!("../../demo/demo-data.sql");
@@ -250,33 +270,33 @@ impl Directory {
         Ok(out)
     }
 
-    /// `(conference, user)` for every member of `conferences`, one query.
-    pub async fn members_of(
+    /// Every membership of `conferences` with the conference as that member sees it
+    /// (role included): `(user, conference)` pairs, one query, one row per member.
+    pub async fn memberships_of(
         &self,
         conferences: &[String],
-    ) -> Result<Vec<(String, String)>, DirectoryError> {
+    ) -> Result<Vec<(String, Conference)>, DirectoryError> {
         if conferences.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(match self {
+        let rows: Vec<UserConferenceRow> = match self {
             Directory::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT conference_uri, user_uri FROM conflist_members WHERE conference_uri = ANY($1)",
-                )
-                .bind(conferences)
-                .fetch_all(pool)
-                .await?
+                sqlx::query_as(POSTGRES_OF_CONFERENCES)
+                    .bind(conferences)
+                    .fetch_all(pool)
+                    .await?
             }
             Directory::Sqlite(pool) => {
-                sqlx::query_as(
-                    "SELECT conference_uri, user_uri FROM conflist_members \
-                     WHERE conference_uri IN (SELECT value FROM json_each(?1))",
-                )
-                .bind(json_array(conferences))
-                .fetch_all(pool)
-                .await?
+                sqlx::query_as(SQLITE_OF_CONFERENCES)
+                    .bind(json_array(conferences))
+                    .fetch_all(pool)
+                    .await?
             }
-        })
+        };
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.user_uri, r.conference.into_conference()))
+            .collect())
     }
 
     /// A cursor at the log's current end: what is logged from now on will be read.

@@ -44,10 +44,9 @@ pub fn plan(
         sub.pending = true;
         return Plan::Nothing;
     }
-    let current = sub
-        .sent
-        .as_ref()
-        .is_some_and(|s| Arc::ptr_eq(s, latest) || **s == **latest);
+    // The cache swaps in a new list only when it changed, so identity is enough here; a
+    // new list equal to the held one yields an empty diff below, sent only when owed.
+    let current = sub.sent.as_ref().is_some_and(|s| Arc::ptr_eq(s, latest));
     if current && !sub.owed {
         sub.pending = false;
         return Plan::Nothing;
@@ -59,18 +58,36 @@ pub fn plan(
         sub.pending = true;
         return Plan::Defer(last + policy.min_interval);
     }
-    let version = sub.take_version();
-    let full = ConferenceList::full(sub.subscriber.clone(), version, latest.to_vec());
-    let doc = match &sub.sent {
+    let partial = match &sub.sent {
         Some(held) if !policy.full_only => {
-            let partial = document::diff(&sub.subscriber, version, held, latest);
-            if document::prefer_full(&partial, &full) {
-                full
-            } else {
+            let partial = document::diff(&sub.subscriber, 0, held, latest);
+            if partial.entries.is_empty() && !sub.owed {
+                // A new list equal to the held one: nothing to say.
+                sub.sent = Some(latest.clone());
+                sub.pending = false;
+                return Plan::Nothing;
+            }
+            Some(partial)
+        }
+        _ => None,
+    };
+    let version = sub.take_version();
+    let full = || ConferenceList::full(sub.subscriber.clone(), version, latest.to_vec());
+    let doc = match partial {
+        Some(mut partial) => {
+            partial.version = version;
+            if clearly_smaller(&partial, latest.len()) {
                 partial
+            } else {
+                let full = full();
+                if document::prefer_full(&partial, &full) {
+                    full
+                } else {
+                    partial
+                }
             }
         }
-        _ => full,
+        None => full(),
     };
     sub.sent = Some(latest.clone());
     sub.in_flight = true;
@@ -78,6 +95,17 @@ pub fn plan(
     sub.owed = false;
     sub.last_sent = Some(now);
     Plan::Send(doc)
+}
+
+/// A partial without deleted entries that leaves out at least one current conference is
+/// smaller than the full document (its conferences are a strict subset of the full one's),
+/// so the full one need not be rendered to compare.
+fn clearly_smaller(partial: &ConferenceList, current: usize) -> bool {
+    partial
+        .entries
+        .iter()
+        .all(|e| matches!(e, document::Entry::Full(_)))
+        && partial.entries.len() < current
 }
 
 #[cfg(test)]
