@@ -234,3 +234,37 @@ async fn changes_racing_new_subscriptions_are_neither_lost_nor_reordered() {
         assert_eq!(view.entities(), [C1001, C1002, C1003]);
     }
 }
+
+#[tokio::test]
+async fn polling_mode_finds_changes_without_the_change_log() {
+    let sys = system(ServerOptions {
+        extra_args: vec![
+            "--change-detection".into(),
+            "poll".into(),
+            "--change-interval".into(),
+            "100ms".into(),
+        ],
+        ..ServerOptions::default()
+    })
+    .await;
+    let mut db = sys.db.connect().await.unwrap();
+    // Prove the log is not what carries the change: drop it first.
+    exec(&mut db, "DROP TABLE conflist_changes CASCADE").await;
+    exec(
+        &mut db,
+        "DROP TRIGGER conflist_changes ON conflist_conferences",
+    )
+    .await;
+    let (mut bob, mut view) = watching(&sys.proxy.ws_url, "bob").await;
+    exec(&mut db, "UPDATE conflist_conferences SET subject = 'polled' WHERE conference_uri = 'sip:1004@conf.example.com'").await;
+    let doc = view.next(&mut bob).await.unwrap().1.unwrap();
+    assert_eq!(entities(&doc), [("sip:1004@conf.example.com", true)]);
+    assert_eq!(
+        view.get("sip:1004@conf.example.com")
+            .unwrap()
+            .description
+            .subject
+            .as_deref(),
+        Some("polled")
+    );
+}
