@@ -8,7 +8,7 @@
 mod notify;
 mod registry;
 
-pub use notify::{NotifyPolicy, Plan, plan};
+pub use notify::{NotifyPolicy, Plan, STALE_IN_FLIGHT, plan};
 pub use registry::{Registry, Subscription};
 
 /// The only event package this service serves.

@@ -8,6 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// An unanswered Notification older than this is taken as lost: longer than the proxy's
+/// NOTIFY transaction timeout (Timer F, 32 s), after which the proxy always reports an
+/// outcome — unless that report itself was lost (a full proxy queue, a dropped stream).
+pub const STALE_IN_FLIGHT: Duration = Duration::from_secs(60);
+
 /// Notification policy from config.
 #[derive(Debug, Clone, Copy)]
 pub struct NotifyPolicy {
@@ -21,10 +26,10 @@ pub struct NotifyPolicy {
 /// The decision.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Plan {
-    /// The client is current and nothing is owed (or a transaction is in flight: marked
-    /// pending and sent when it is answered).
+    /// The client is current and nothing is owed.
     Nothing,
-    /// Too soon after the last one: send at this instant.
+    /// Not now: too soon after the last one (rate control), or a transaction is in flight
+    /// (sent when it is answered; this instant is when it would count as lost).
     Defer(Instant),
     /// Send this document; the subscription already records it as sent and in flight.
     Send(ConferenceList),
@@ -41,8 +46,16 @@ pub fn plan(
 ) -> Plan {
     sub.owed |= owed;
     if sub.in_flight {
-        sub.pending = true;
-        return Plan::Nothing;
+        let stale_at = sub.last_sent.map(|t| t + STALE_IN_FLIGHT);
+        if stale_at.is_none_or(|at| now < at) {
+            sub.pending = true;
+            // Look again when it would count as lost (a no-op if answered by then).
+            return stale_at.map_or(Plan::Nothing, Plan::Defer);
+        }
+        // Whether the client got it is unknown: send full state, which a client accepts at
+        // any version, so nothing is lost either way.
+        sub.in_flight = false;
+        sub.sent = None;
     }
     // The cache swaps in a new list only when it changed, so identity is enough here; a
     // new list equal to the held one yields an empty diff below, sent only when owed.
@@ -157,9 +170,12 @@ mod tests {
             (0, DocumentState::Full, 6)
         );
 
-        // In flight: a change only marks the subscription pending.
+        // In flight: a change only marks the subscription pending (and arms the stale check).
         let v1 = list(&["a", "B", "c", "d", "e", "f"]);
-        assert_eq!(plan(&mut sub, &v1, t0, false, POLICY), Plan::Nothing);
+        assert_eq!(
+            plan(&mut sub, &v1, t0, false, POLICY),
+            Plan::Defer(t0 + STALE_IN_FLIGHT)
+        );
         assert!(sub.pending);
 
         // Delivered, but inside the minimum interval: deferred to last + interval.
@@ -202,6 +218,25 @@ mod tests {
         assert!(
             d.entries.is_empty(),
             "an empty partial: the client is current"
+        );
+    }
+
+    #[test]
+    fn a_notification_never_answered_does_not_block_the_subscription_forever() {
+        let t0 = Instant::now();
+        let mut sub = Subscription::new("sip:a@example.com".into(), t0, 0);
+        sent(plan(&mut sub, &list(&["a", "b", "c"]), t0, false, POLICY));
+        let v1 = list(&["a", "B", "c"]);
+        let before = t0 + STALE_IN_FLIGHT - Duration::from_millis(1);
+        assert_eq!(
+            plan(&mut sub, &v1, before, false, POLICY),
+            Plan::Defer(t0 + STALE_IN_FLIGHT)
+        );
+        // The answer (Delivered) was lost: after the stale limit, full state goes out.
+        let d = sent(plan(&mut sub, &v1, t0 + STALE_IN_FLIGHT, false, POLICY));
+        assert_eq!(
+            (d.version, d.state, d.entries.len()),
+            (1, DocumentState::Full, 3)
         );
     }
 

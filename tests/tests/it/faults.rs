@@ -75,7 +75,8 @@ async fn subscribers_converge_after_a_server_restart() {
     .unwrap();
     // Re-subscribe (the client may race the proxy's reconnect: 503 means try again).
     let mut resubscribed = None;
-    for _ in 0..50 {
+    // Bounded: 150 tries, 100 ms apart (the proxy's reconnect backoff is at most 5 s).
+    for _ in 0..150 {
         let mut c = SipWsClient::connect(&sys.proxy.ws_url).await.unwrap();
         match c.subscribe("alice", 600).await {
             Ok(_) => {
