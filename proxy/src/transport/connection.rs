@@ -187,9 +187,13 @@ pub async fn run(socket: WebSocket, peer: SocketAddr, shared: Arc<Shared>) {
             closing = Some(why);
         }
         for action in step.actions {
-            if let Err(why) = conn.execute(action, &mut sink).await {
+            if closing.is_some() {
+                // The socket is done; the notifier side must still hear about everything.
+                if !matches!(action, Action::Send(_)) {
+                    conn.execute_upstream(action);
+                }
+            } else if let Err(why) = conn.execute(action, &mut sink).await {
                 closing = Some(why);
-                break;
             }
         }
         if let Some(why) = closing {
@@ -205,6 +209,11 @@ pub async fn run(socket: WebSocket, peer: SocketAddr, shared: Arc<Shared>) {
         if !matches!(action, Action::Send(_)) {
             conn.execute_upstream(action);
         }
+    }
+    // Every dialog is gone now; nothing may stay routed to this connection.
+    for (sub, up) in conn.routed.drain() {
+        up.unroute(&sub);
+        conn.shared.metrics.dialogs.dec();
     }
     let _ = sink.close().await;
     conn.shared.metrics.connections.dec();

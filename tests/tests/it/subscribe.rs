@@ -187,3 +187,58 @@ async fn many_dialogs_share_one_connection() {
     }
     assert_eq!(notified.len(), 4);
 }
+
+/// Reads one gauge from an admin `/metrics` endpoint.
+async fn gauge(admin: &str, name: &str) -> i64 {
+    let (_, body) = conflist_tests::process::http_get(admin, "/metrics")
+        .await
+        .unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// Polls (bounded: 200 × 25 ms) until `name` at `admin` reads `want`.
+async fn gauge_reaches(admin: &str, name: &str, want: i64) -> i64 {
+    let mut last = gauge(admin, name).await;
+    for _ in 0..200 {
+        if last == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        last = gauge(admin, name).await;
+    }
+    last
+}
+
+#[tokio::test]
+async fn vanished_clients_leave_nothing_behind_in_either_process() {
+    let sys = system(ServerOptions::default()).await;
+    let mut clients = Vec::new();
+    for user in ["alice", "bob", "carol"] {
+        let mut c = SipWsClient::connect(&sys.proxy.ws_url).await.unwrap();
+        c.subscribe(user, 600).await.unwrap();
+        let n = c.recv_notify().await.unwrap();
+        c.respond(&n, 200).await.unwrap();
+        clients.push(c);
+    }
+    assert_eq!(gauge(&sys.proxy.admin, "conflist_proxy_dialogs").await, 3);
+    assert_eq!(
+        gauge(&sys.server.admin, "conflist_server_subscriptions").await,
+        3
+    );
+    drop(clients); // connections vanish without unsubscribing
+    assert_eq!(
+        gauge_reaches(&sys.proxy.admin, "conflist_proxy_dialogs", 0).await,
+        0
+    );
+    assert_eq!(
+        gauge_reaches(&sys.proxy.admin, "conflist_proxy_connections", 0).await,
+        0
+    );
+    assert_eq!(
+        gauge_reaches(&sys.server.admin, "conflist_server_subscriptions", 0).await,
+        0
+    );
+}
