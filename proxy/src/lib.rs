@@ -12,9 +12,8 @@
 //! - [`dialog`]: sans-IO dialogs and NOTIFY transactions of one connection.
 //! - [`notifier`]: the domain form of what goes to and comes from the subscriber-server.
 //! - [`upstream`]: gRPC sessions, routing of events to connections, rendezvous hashing.
-//! - [`admin`], [`metrics`]: `/livez /readyz /metrics`.
+//! - [`metrics`]: the counters and gauges behind `/metrics` (served by `conflist-service`).
 
-pub mod admin;
 pub mod config;
 pub mod dialog;
 pub mod metrics;
@@ -95,7 +94,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     });
     let admin_token = token.clone();
     let admin_server = tokio::spawn(async move {
-        axum::serve(admin, admin::router(registry, upstreams))
+        let ready: conflist_service::ReadinessCheck = Arc::new(move || {
+            let up = upstreams.any_connected();
+            Box::pin(async move {
+                if up {
+                    Ok(())
+                } else {
+                    Err("no subscriber-server session")
+                }
+            })
+        });
+        axum::serve(admin, conflist_service::admin_router(registry, ready))
             .with_graceful_shutdown(async move { admin_token.cancelled().await })
             .await
     });

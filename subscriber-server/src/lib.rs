@@ -12,9 +12,8 @@
 //! - [`cache`]: per-user documents shared by all sessions; recomputes changed users.
 //! - [`changes`]: the change follower (change log + LISTEN, or snapshot polling).
 //! - [`directory`]: SQL against the database contract; migrations; change-log triggers.
-//! - [`admin`], [`metrics`]: `/livez /readyz /metrics`.
+//! - [`metrics`]: the counters and gauges behind `/metrics` (served by `conflist-service`).
 
-pub mod admin;
 pub mod api;
 pub mod cache;
 pub mod changes;
@@ -113,7 +112,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     );
     let admin_token = token.clone();
     let admin_task = tokio::spawn(async move {
-        axum::serve(admin, admin::router(registry, directory.clone()))
+        let ready: conflist_service::ReadinessCheck = Arc::new(move || {
+            let directory = directory.clone();
+            Box::pin(async move { directory.ping().await.map_err(|_| "database unreachable") })
+        });
+        axum::serve(admin, conflist_service::admin_router(registry, ready))
             .with_graceful_shutdown(async move { admin_token.cancelled().await })
             .await
     });
