@@ -15,6 +15,9 @@ pub enum ParseError {
     /// The message is larger than the caller's limit.
     #[error("message too large")]
     TooLarge,
+    /// An Authorization value that is not Digest or Bearer credentials (RFC 3261 §25.1).
+    #[error("bad Authorization")]
+    BadAuthorization,
     /// The start line is not `Method SP Request-URI SP SIP-Version` or a Status-Line.
     #[error("bad start line")]
     BadStartLine,

@@ -18,7 +18,8 @@
 //! * [`params`] — [`Params`], ordered `;name=value` lists.
 //! * [`name_addr`] — [`NameAddr`] for From, To, Contact, Route, Record-Route (RFC 3261 §20.10).
 //! * [`header`] — typed headers: [`Via`], [`CSeq`], [`Event`], [`SubscriptionState`],
-//!   [`MediaRange`] (Accept), [`Contact`], delta-seconds helpers (Expires, Min-Expires,
+//!   [`MediaRange`] (Accept), [`Contact`], [`Credentials`] (Authorization) and
+//!   [`DigestChallenge`] (WWW-Authenticate), delta-seconds helpers (Expires, Min-Expires,
 //!   Max-Forwards).
 //! * [`validate`] — [`check_request`]: the RFC 3261 §8.2 / §16.3 sanity checks before acting.
 //! * `error` — [`ParseError`], whose `Display` is a client-safe 400 reason phrase.
@@ -39,6 +40,7 @@ pub mod validate;
 
 pub use error::ParseError;
 pub use header::accept::{MediaRange, parse_accept};
+pub use header::authorization::{Credentials, DigestChallenge, DigestResponse};
 pub use header::contact::{Contact, parse_contacts};
 pub use header::cseq::CSeq;
 pub use header::event::Event;
