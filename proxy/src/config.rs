@@ -4,13 +4,88 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Default `--max-route-set-size`: room for a few Record-Route entries of real proxies.
+pub const DEFAULT_MAX_ROUTE_SET_SIZE: usize = 4096;
+
+/// Default `--handshake-timeout`: TLS handshake plus HTTP upgrade request.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: &str = "10s";
+/// Default `--idle-timeout`: a connection without any dialog for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT: &str = "60s";
+/// Default `--max-connections-per-address`: room for a large NAT or gateway.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+/// Default `--max-subscribes-per-address`: new subscriptions per second (burst twice that).
+pub const DEFAULT_MAX_SUBSCRIBES_PER_ADDRESS: u32 = 20;
+/// Default `--max-tracked-addresses`: bound of each per-address table.
+pub const DEFAULT_MAX_TRACKED_ADDRESSES: usize = 65_536;
+
+/// A listen address, or `off` for a listener that is not wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// Not listening.
+    Off,
+    /// Listening here (port 0 picks a free port).
+    On(SocketAddr),
+}
+
+impl ListenAddr {
+    /// The address, unless off.
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            Self::Off => None,
+            Self::On(a) => Some(a),
+        }
+    }
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            Ok(Self::Off)
+        } else {
+            s.parse().map(Self::On)
+        }
+    }
+}
+
 /// conflist proxy: the SIP edge of the conference-list service.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "conflist-proxy", version, about)]
 pub struct Config {
-    /// SIP over WebSocket listen address (port 0 picks a free port).
+    /// SIP over plain WebSocket listen address (port 0 picks a free port); `off` serves WSS
+    /// only.
     #[arg(long, env = "CONFLIST_WS_LISTEN", default_value = "127.0.0.1:8080")]
-    pub ws_listen: SocketAddr,
+    pub ws_listen: ListenAddr,
+    /// SIP over secure WebSocket (TLS) listen address; needs `--tls-cert` and `--tls-key`.
+    #[arg(long, env = "CONFLIST_WSS_LISTEN")]
+    pub wss_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM, leaf first) of the WSS listener.
+    #[arg(long, env = "CONFLIST_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "CONFLIST_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// TLS handshake plus the HTTP upgrade request must finish within this, or the
+    /// connection is dropped.
+    #[arg(long, env = "CONFLIST_HANDSHAKE_TIMEOUT", default_value = DEFAULT_HANDSHAKE_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Browser origins (`scheme://host[:port]`) allowed besides the request's own host;
+    /// repeatable or comma-separated; `*` allows all. Requests without Origin pass.
+    #[arg(
+        long = "allowed-origin",
+        env = "CONFLIST_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+    /// Load balancers (IP or CIDR; repeatable or comma-separated) whose `X-Forwarded-For`
+    /// names the client.
+    #[arg(
+        long = "trusted-proxy",
+        env = "CONFLIST_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<crate::transport::limits::Cidr>,
     /// Admin HTTP listen address (/livez /readyz /metrics).
     #[arg(long, env = "CONFLIST_ADMIN_LISTEN", default_value = "127.0.0.1:9100")]
     pub admin_listen: SocketAddr,
@@ -23,12 +98,47 @@ pub struct Config {
         default_value = "http://127.0.0.1:50051"
     )]
     pub servers: Vec<String>,
+    /// CA certificate (PEM) that subscriber-servers' TLS certificates must chain to; needed
+    /// for `https://` servers.
+    #[arg(long, env = "CONFLIST_GRPC_CA")]
+    pub grpc_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) presented to subscriber-servers (mutual TLS).
+    #[arg(long, env = "CONFLIST_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of `--grpc-tls-cert`.
+    #[arg(long, env = "CONFLIST_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<std::path::PathBuf>,
+    /// Name the servers' certificates are checked against (default: the URL's host).
+    #[arg(long, env = "CONFLIST_GRPC_TLS_DOMAIN")]
+    pub grpc_tls_domain: Option<String>,
+    /// File holding the shared secret sent to subscriber-servers on every session
+    /// (`authorization: Bearer …` metadata).
+    #[arg(long, env = "CONFLIST_GRPC_SECRET_FILE")]
+    pub grpc_secret_file: Option<std::path::PathBuf>,
+    /// Largest Record-Route set (bytes, all values) a dialog may store; a larger one is
+    /// refused with 400.
+    #[arg(long, env = "CONFLIST_MAX_ROUTE_SET_SIZE", default_value_t = DEFAULT_MAX_ROUTE_SET_SIZE)]
+    pub max_route_set_size: usize,
     /// `host:port` this proxy puts in Via and Contact (default: the WebSocket listen address).
     #[arg(long, env = "CONFLIST_PUBLIC_HOST")]
     pub public_host: Option<String>,
     /// Most client connections at once.
     #[arg(long, env = "CONFLIST_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Most connections from one client address; further ones are refused.
+    #[arg(long, env = "CONFLIST_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    pub max_connections_per_address: usize,
+    /// New SUBSCRIBEs per second from one client address (burst twice that); further ones
+    /// get 503 with Retry-After.
+    #[arg(long, env = "CONFLIST_MAX_SUBSCRIBES_PER_ADDRESS", default_value_t = DEFAULT_MAX_SUBSCRIBES_PER_ADDRESS)]
+    pub max_subscribes_per_address: u32,
+    /// Most distinct client addresses tracked by each per-address limit; a new address
+    /// beyond it is refused.
+    #[arg(long, env = "CONFLIST_MAX_TRACKED_ADDRESSES", default_value_t = DEFAULT_MAX_TRACKED_ADDRESSES)]
+    pub max_tracked_addresses: usize,
+    /// A connection without any dialog for this long is closed.
+    #[arg(long, env = "CONFLIST_IDLE_TIMEOUT", default_value = DEFAULT_IDLE_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
     /// Most subscriptions (dialogs) on one connection.
     #[arg(
         long,
@@ -73,10 +183,54 @@ impl Config {
         if self.max_message_size < 1024 {
             return Err("--max-message-size must be at least 1024".into());
         }
+        if self.servers.iter().any(|s| s.starts_with("https://")) && self.grpc_ca.is_none() {
+            return Err(
+                "https:// servers need --grpc-ca (the CA that signed their certificates)".into(),
+            );
+        }
         if self.keepalive_interval.is_zero() || self.notify_timeout.is_zero() {
             return Err("durations must be positive".into());
         }
+        self.validate_listeners()?;
         Ok(())
+    }
+
+    /// The listener and per-client limit part of [`Config::validate`].
+    fn validate_listeners(&self) -> Result<(), String> {
+        if self.ws_listen == ListenAddr::Off && self.wss_listen.is_none() {
+            return Err("nothing to listen on: --ws-listen is off and no --wss-listen".into());
+        }
+        match (&self.wss_listen, &self.tls_cert, &self.tls_key) {
+            (Some(_), Some(cert), Some(key)) => {
+                crate::transport::tls::server_config(cert, key).map_err(|e| e.to_string())?;
+            }
+            (Some(_), _, _) => return Err("--wss-listen needs --tls-cert and --tls-key".into()),
+            (None, None, None) => {}
+            (None, _, _) => return Err("--tls-cert and --tls-key need --wss-listen".into()),
+        }
+        if self.handshake_timeout.is_zero() || self.idle_timeout.is_zero() {
+            return Err("--handshake-timeout and --idle-timeout must be positive".into());
+        }
+        if self.max_connections_per_address == 0
+            || self.max_subscribes_per_address == 0
+            || self.max_tracked_addresses == 0
+        {
+            return Err("per-address limits must be at least 1".into());
+        }
+        crate::transport::limits::OriginPolicy::new(&self.allowed_origins)
+            .map_err(|e| format!("--allowed-origin: {e}"))?;
+        Ok(())
+    }
+
+    /// The per-client limits' settings.
+    pub fn limits(&self) -> crate::transport::limits::LimitsConfig {
+        crate::transport::limits::LimitsConfig {
+            trusted_proxies: self.trusted_proxies.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+            max_connections_per_address: self.max_connections_per_address,
+            max_subscribes_per_address: self.max_subscribes_per_address,
+            max_tracked_addresses: self.max_tracked_addresses,
+        }
     }
 }
 
@@ -91,5 +245,84 @@ mod tests {
         assert!(c.validate().is_ok());
         let c = Config::parse_from(["p", "--server", "a:1"]);
         assert!(c.validate().unwrap_err().contains("http://"));
+    }
+
+    fn testdata(name: &str) -> String {
+        format!(
+            "{}/src/transport/testdata/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    }
+
+    #[test]
+    fn listener_and_limit_defaults() {
+        let c = Config::parse_from(["p"]);
+        assert_eq!(
+            c.ws_listen,
+            ListenAddr::On("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(c.wss_listen, None);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_connections_per_address, 256);
+        assert_eq!(c.max_subscribes_per_address, 20);
+        assert!(c.allowed_origins.is_empty() && c.trusted_proxies.is_empty());
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn wss_needs_a_loadable_certificate_and_plain_may_be_off() {
+        let (cert, key) = (testdata("cert.pem"), testdata("key.pem"));
+        let c = Config::parse_from([
+            "p",
+            "--ws-listen",
+            "off",
+            "--wss-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ]);
+        assert_eq!(c.ws_listen, ListenAddr::Off);
+        assert!(c.validate().is_ok());
+        let c = Config::parse_from(["p", "--ws-listen", "off"]);
+        assert!(c.validate().unwrap_err().contains("nothing to listen on"));
+        let c = Config::parse_from(["p", "--wss-listen", "127.0.0.1:0"]);
+        assert!(c.validate().unwrap_err().contains("--tls-cert"));
+        let c = Config::parse_from(["p", "--tls-cert", &cert, "--tls-key", &key]);
+        assert!(c.validate().unwrap_err().contains("need --wss-listen"));
+        let other = testdata("other-key.pem");
+        let c = Config::parse_from([
+            "p",
+            "--wss-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &other,
+        ]);
+        assert!(c.validate().unwrap_err().contains("cannot be used"));
+    }
+
+    #[test]
+    fn origins_and_trusted_proxies_are_lists() {
+        let c = Config::parse_from([
+            "p",
+            "--allowed-origin",
+            "https://a.example.com,https://b.example.com",
+            "--allowed-origin",
+            "http://localhost:3000",
+            "--trusted-proxy",
+            "10.0.0.0/8,192.0.2.7",
+        ]);
+        assert_eq!(c.allowed_origins.len(), 3);
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(c.validate().is_ok());
+        let c = Config::parse_from(["p", "--allowed-origin", "a.example.com"]);
+        assert!(c.validate().unwrap_err().contains("--allowed-origin"));
+        assert!(Config::try_parse_from(["p", "--trusted-proxy", "10.0.0.0/40"]).is_err());
+        let c = Config::parse_from(["p", "--max-subscribes-per-address", "0"]);
+        assert!(c.validate().unwrap_err().contains("per-address"));
     }
 }

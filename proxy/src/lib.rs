@@ -7,8 +7,9 @@
 //!
 //! Layout:
 //! - [`config`]: flags and environment.
-//! - [`transport`]: the WebSocket listener and the per-connection shell (I/O, keep-alive,
-//!   limits) that executes the dialog core's actions.
+//! - [`transport`]: the WebSocket listeners (plain and TLS: our accept loop, handshake
+//!   deadline, Origin check, per-client limits) and the per-connection shell (I/O,
+//!   keep-alive, idle timeout) that executes the dialog core's actions.
 //! - [`dialog`]: sans-IO dialogs and NOTIFY transactions of one connection.
 //! - [`notifier`]: the domain form of what goes to and comes from the subscriber-server.
 //! - [`upstream`]: gRPC sessions, routing of events to connections, rendezvous hashing.
@@ -37,13 +38,30 @@ pub use config::Config;
 /// Runs the proxy until `shutdown` resolves; then every dialog gets a final NOTIFY
 /// (`terminated;reason=deactivated`) and the proxy waits up to the grace period.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let ws = TcpListener::bind(config.ws_listen)
-        .await
-        .with_context(|| format!("bind WebSocket listener {}", config.ws_listen))?;
+    let ws = match config.ws_listen.addr() {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind WebSocket listener {addr}"))?,
+        ),
+        None => None,
+    };
+    let wss = match (config.wss_listen, &config.tls_cert, &config.tls_key) {
+        (Some(addr), Some(cert), Some(key)) => {
+            let tls = transport::tls::server_config(cert, key)
+                .context("load the WSS certificate and key")?;
+            let tcp = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind secure WebSocket listener {addr}"))?;
+            Some((tcp, tls))
+        }
+        _ => None,
+    };
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("bind admin listener {}", config.admin_listen))?;
-    let ws_addr = ws.local_addr()?;
+    let ws_addr = ws.as_ref().map(TcpListener::local_addr).transpose()?;
+    let wss_addr = wss.as_ref().map(|(tcp, _)| tcp.local_addr()).transpose()?;
     let admin_addr = admin.local_addr()?;
 
     let mut registry = prometheus_client::registry::Registry::default();
@@ -51,19 +69,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let token = CancellationToken::new();
     let upstream_token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let upstreams =
-        upstream::Upstreams::start(&config.servers, &metrics, &upstream_token, &tracker);
+    let security = upstream_security(&config).context("load the gRPC TLS files and secret")?;
+    let upstreams = upstream::Upstreams::start(
+        &config.servers,
+        &security,
+        &metrics,
+        &upstream_token,
+        &tracker,
+    );
 
-    let local_host = config
-        .public_host
-        .clone()
-        .unwrap_or_else(|| ws_addr.to_string());
+    let local_host = config.public_host.clone().unwrap_or_else(|| {
+        ws_addr
+            .or(wss_addr)
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    });
     let shared = Arc::new(transport::connection::Shared {
         config: transport::connection::ConnectionConfig {
             max_message_size: config.max_message_size,
             keepalive_interval: config.keepalive_interval,
             write_timeout: config.write_timeout,
             drain_timeout: config.shutdown_grace,
+            idle_timeout: config.idle_timeout,
+            handshake_timeout: config.handshake_timeout,
         },
         dialog: dialog::DialogConfig {
             local_host,
@@ -71,6 +99,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             contact_transport: "ws",
             notify_timeout: config.notify_timeout,
             max_dialogs: config.max_dialogs_per_connection,
+            max_route_set_size: config.max_route_set_size,
         },
         upstreams: upstreams.clone(),
         metrics,
@@ -78,20 +107,42 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         shutdown: token.clone(),
         instance: format!("{:08x}", rand::random::<u32>()),
         next_connection: AtomicU64::new(0),
+        limits: transport::limits::Limits::new(config.limits()).context("--allowed-origin")?,
     });
 
-    info!(ws.addr = %ws_addr, admin.addr = %admin_addr, servers = ?config.servers, "conflist-proxy listening");
-    println!("READY ws=ws://{ws_addr} admin={admin_addr}");
+    // Each listener's Via/Contact: its own transport, and its own address unless
+    // --public-host names one.
+    let listener_dialog = |addr: SocketAddr, secure: bool| dialog::DialogConfig {
+        local_host: config
+            .public_host
+            .clone()
+            .unwrap_or_else(|| addr.to_string()),
+        via_transport: if secure { "WSS" } else { "WS" },
+        contact_transport: if secure { "wss" } else { "ws" },
+        ..shared.dialog.clone()
+    };
+    let mut listeners = Vec::new();
+    let mut ready = String::from("READY");
+    if let (Some(tcp), Some(addr)) = (ws, ws_addr) {
+        listeners.push(transport::listener::Listener::plain(
+            tcp,
+            listener_dialog(addr, false),
+        )?);
+        ready.push_str(&format!(" ws=ws://{addr}"));
+    }
+    ready.push_str(&format!(" admin={admin_addr}"));
+    if let (Some((tcp, tls)), Some(addr)) = (wss, wss_addr) {
+        listeners.push(transport::listener::Listener::tls(
+            tcp,
+            tls,
+            listener_dialog(addr, true),
+        )?);
+        ready.push_str(&format!(" wss=wss://{addr}"));
+    }
+    info!(ws.addr = ?ws_addr, wss.addr = ?wss_addr, admin.addr = %admin_addr, servers = ?config.servers, "conflist-proxy listening");
+    println!("{ready}");
 
-    let ws_token = token.clone();
-    let ws_server = tokio::spawn(async move {
-        axum::serve(
-            ws,
-            transport::ws::router(shared).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { ws_token.cancelled().await })
-        .await
-    });
+    let ws_server = tokio::spawn(transport::listener::serve(listeners, shared));
     let admin_token = token.clone();
     let admin_server = tokio::spawn(async move {
         let ready: conflist_service::ReadinessCheck = Arc::new(move || {
@@ -116,9 +167,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // upstream sessions, which carried their Unsubscribes, stop.
     let grace = config.shutdown_grace + std::time::Duration::from_secs(1);
     match tokio::time::timeout(grace, ws_server).await {
-        Ok(Ok(Err(e))) => warn!(error = %e, "WebSocket server ended with an error"),
+        Ok(Err(e)) => warn!(error = %e, "WebSocket listeners ended abnormally"),
         Err(_) => warn!("connections did not finish within the grace period"),
-        _ => {}
+        Ok(Ok(())) => {}
     }
     upstream_token.cancel();
     tracker.close();
@@ -128,4 +179,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let _ = admin_server.await;
     info!("stopped");
     Ok(())
+}
+
+/// The CA, client certificate and secret for the sessions to the servers, read from files.
+fn upstream_security(config: &Config) -> anyhow::Result<upstream::Security> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    let tls = match &config.grpc_ca {
+        None => None,
+        Some(ca) => {
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+            if let (Some(cert), Some(key)) = (&config.grpc_tls_cert, &config.grpc_tls_key) {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            if let Some(domain) = &config.grpc_tls_domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            Some(tls)
+        }
+    };
+    let secret = match &config.grpc_secret_file {
+        None => None,
+        Some(path) => {
+            let raw = String::from_utf8(read(path)?)
+                .with_context(|| format!("{} is not UTF-8", path.display()))?;
+            let secret = raw.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!secret.is_empty(), "{} is empty", path.display());
+            Some(format!("Bearer {secret}").parse().with_context(|| {
+                format!(
+                    "{} holds characters not allowed in metadata",
+                    path.display()
+                )
+            })?)
+        }
+    };
+    Ok(upstream::Security { tls, secret })
 }

@@ -8,7 +8,8 @@ use prometheus_client::registry::Registry;
 pub struct Metrics {
     /// Open client connections.
     pub connections: Gauge,
-    /// Upgrades refused at the connection cap.
+    /// Connections refused at `--max-connections` (upgrades with 503; handshakes beyond the
+    /// same number in progress are closed at accept).
     pub connections_refused: Counter,
     /// Live dialogs (subscriptions).
     pub dialogs: Gauge,
@@ -24,6 +25,20 @@ pub struct Metrics {
     pub upstream_sessions: Gauge,
     /// Commands that could not reach a subscriber-server.
     pub upstream_unavailable: Counter,
+    /// `accept()` failures on a client listener (e.g. out of file descriptors).
+    pub accept_errors: Counter,
+    /// Failed TLS handshakes on the WSS listener.
+    pub tls_handshake_failures: Counter,
+    /// Connections dropped for not finishing TLS and the upgrade within `--handshake-timeout`.
+    pub handshake_timeouts: Counter,
+    /// Upgrades refused with 403 for a browser Origin not allowed (`--allowed-origin`).
+    pub origins_refused: Counter,
+    /// Connections refused at `--max-connections-per-address` (or a full address table).
+    pub address_connections_refused: Counter,
+    /// Initial SUBSCRIBEs answered 503 at `--max-subscribes-per-address`.
+    pub subscribes_rate_limited: Counter,
+    /// Connections closed after `--idle-timeout` without a dialog.
+    pub idle_connections_closed: Counter,
 }
 
 impl Metrics {
@@ -38,7 +53,7 @@ impl Metrics {
         );
         r.register(
             "connections_refused",
-            "Upgrades refused at the connection cap",
+            "Connections refused at the connection cap",
             m.connections_refused.clone(),
         );
         r.register("dialogs", "Live subscription dialogs", m.dialogs.clone());
@@ -63,6 +78,41 @@ impl Metrics {
             "upstream_unavailable",
             "Commands that could not reach a subscriber-server",
             m.upstream_unavailable.clone(),
+        );
+        r.register(
+            "accept_errors",
+            "Failed accept() calls on client listeners",
+            m.accept_errors.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "Failed TLS handshakes on the WSS listener",
+            m.tls_handshake_failures.clone(),
+        );
+        r.register(
+            "handshake_timeouts",
+            "Connections dropped for not completing TLS and the upgrade in time",
+            m.handshake_timeouts.clone(),
+        );
+        r.register(
+            "origins_refused",
+            "Upgrades refused for a browser Origin that is not allowed",
+            m.origins_refused.clone(),
+        );
+        r.register(
+            "address_connections_refused",
+            "Connections refused at the per-address connection limit",
+            m.address_connections_refused.clone(),
+        );
+        r.register(
+            "subscribes_rate_limited",
+            "Initial SUBSCRIBEs refused at the per-address rate limit",
+            m.subscribes_rate_limited.clone(),
+        );
+        r.register(
+            "idle_connections_closed",
+            "Connections closed for holding no dialog for the idle timeout",
+            m.idle_connections_closed.clone(),
         );
         m
     }

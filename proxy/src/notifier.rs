@@ -23,6 +23,12 @@ pub enum Command {
         accept: Vec<String>,
         /// Requested duration.
         expires: Option<u32>,
+        /// The request's Authorization, if it had one.
+        credentials: Option<Credentials>,
+        /// Identity the flow already proved (set only when `credentials` is `None`).
+        flow_identity: Option<String>,
+        /// The client's address, for per-address throttling of failed sign-ins.
+        client_address: String,
     },
     /// An in-dialog SUBSCRIBE; `Some(0)` unsubscribes.
     Refresh {
@@ -32,6 +38,8 @@ pub enum Command {
         request_id: u64,
         /// Requested duration.
         expires: Option<u32>,
+        /// The refresh's Authorization, if it had one (verified again by the notifier).
+        credentials: Option<Credentials>,
     },
     /// The dialog is gone without a final NOTIFY (connection lost).
     Unsubscribe {
@@ -61,6 +69,35 @@ impl Command {
     }
 }
 
+/// Credentials a request carried (RFC 3261 §22.4, RFC 8898); the notifier verifies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// A digest response, with the method it was computed for.
+    Digest {
+        /// The Authorization parameters.
+        response: Box<sip::DigestResponse>,
+        /// The request's method (`SUBSCRIBE`), part of A2.
+        method: String,
+    },
+    /// A bearer token (a JWT).
+    Bearer(String),
+}
+
+/// A digest challenge from the notifier: one WWW-Authenticate per algorithm, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    /// `realm`.
+    pub realm: String,
+    /// `nonce`, shared by every algorithm offered.
+    pub nonce: String,
+    /// `opaque`, if any.
+    pub opaque: Option<String>,
+    /// Algorithms in the order to offer them (the last is the one single-challenge clients use).
+    pub algorithms: Vec<String>,
+    /// The nonce was stale but the credentials right: retry with the new nonce.
+    pub stale: bool,
+}
+
 /// The client's answer to a NOTIFY.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -79,9 +116,11 @@ pub enum Verdict {
     Ok {
         /// Granted duration.
         granted: u32,
+        /// Who the notifier authenticated (`None` with authentication off).
+        identity: Option<String>,
     },
-    /// Credentials needed or wrong (401).
-    Unauthorized,
+    /// Credentials needed or wrong (401 with the challenge).
+    Unauthorized(Challenge),
     /// Not allowed (403).
     Forbidden,
     /// No such user (404).
@@ -97,8 +136,11 @@ pub enum Verdict {
     NotAcceptable,
     /// Refresh of an unknown subscription (481).
     NoSuchSubscription,
-    /// Notifier overloaded or its database down (503).
-    Unavailable,
+    /// Notifier overloaded, its database down, or too many failed sign-ins (503).
+    Unavailable {
+        /// Seconds to put in Retry-After; `None` = the proxy's default.
+        retry_after: Option<u32>,
+    },
     /// Anything else (500).
     Internal,
 }

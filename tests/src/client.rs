@@ -2,6 +2,7 @@
 //! `.invalid`, Via transport `WSS`, one SIP message per WebSocket message.
 
 use crate::EVENT_TIMEOUT;
+use crate::auth::{Auth, Challenge, DigestInput, authorization};
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
 use sip::{HeaderName, Message, Request, Response, StatusCode};
@@ -17,6 +18,10 @@ pub struct SipWsClient {
     /// Random per client, used in Call-IDs, tags and the Contact host.
     id: String,
     branch: u64,
+    /// How `subscribe` signs in.
+    pub auth: Auth,
+    /// The Authorization value of the last digest answer `subscribe` sent.
+    pub last_authorization: Option<String>,
 }
 
 /// An established subscription dialog, from the subscriber's side.
@@ -39,12 +44,48 @@ pub struct Subscribed {
 impl SipWsClient {
     /// Connects with subprotocol `sip`.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, &[], None).await
+    }
+
+    /// Connects from the loopback address `source` (e.g. 127.0.0.2), so that per-address
+    /// limits of the proxy see another client.
+    pub async fn connect_from(url: &str, source: std::net::IpAddr) -> Result<Self> {
         let mut req = url.into_client_request()?;
         req.headers_mut()
             .insert("Sec-WebSocket-Protocol", "sip".parse()?);
-        let (ws, resp) = tokio_tungstenite::connect_async(req)
-            .await
-            .with_context(|| format!("connect {url}"))?;
+        let host = req.uri().authority().context("no host in URL")?.as_str();
+        let target: std::net::SocketAddr = host.parse()?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        let stream = socket.connect(target).await?;
+        let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)).await?;
+        Ok(Self {
+            ws,
+            id: format!("{:012x}", rand::random::<u64>() >> 16),
+            branch: 0,
+            auth: Auth::None,
+            last_authorization: None,
+        })
+    }
+
+    /// Connects with subprotocol `sip`, extra handshake headers, and (for `wss://`) a TLS
+    /// client configuration that trusts the test CA.
+    pub async fn connect_with(
+        url: &str,
+        headers: &[(&'static str, &str)],
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Result<Self> {
+        let mut req = url.into_client_request()?;
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", "sip".parse()?);
+        for (name, value) in headers {
+            req.headers_mut().insert(*name, value.parse()?);
+        }
+        let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+        let (ws, resp) =
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector)
+                .await
+                .with_context(|| format!("connect {url}"))?;
         let proto = resp.headers().get("sec-websocket-protocol");
         if proto.map(|p| p.as_bytes()) != Some(b"sip") {
             bail!("server did not select subprotocol sip: {proto:?}");
@@ -53,6 +94,8 @@ impl SipWsClient {
             ws,
             id: format!("{:012x}", rand::random::<u64>() >> 16),
             branch: 0,
+            auth: Auth::None,
+            last_authorization: None,
         })
     }
 
@@ -135,6 +178,17 @@ impl SipWsClient {
     /// A dialog-creating SUBSCRIBE for `user`'s list; `extra` lines go in verbatim
     /// (each ending in CRLF), e.g. `Accept: …\r\n` or `Expires: 2\r\n`.
     pub fn initial_subscribe(&mut self, user: &str, call_id: &str, extra: &str) -> String {
+        self.initial_subscribe_cseq(user, call_id, 1, extra)
+    }
+
+    /// [`Self::initial_subscribe`] with a chosen CSeq (the retry after a 401 uses the next).
+    pub fn initial_subscribe_cseq(
+        &mut self,
+        user: &str,
+        call_id: &str,
+        cseq: u32,
+        extra: &str,
+    ) -> String {
         let branch = self.next_branch();
         let id = &self.id;
         format!(
@@ -144,7 +198,7 @@ impl SipWsClient {
              To: <sip:{user}@example.com>\r\n\
              From: \"{user}\" <sip:{user}@example.com>;tag=ft{id}\r\n\
              Call-ID: {call_id}\r\n\
-             CSeq: 1 SUBSCRIBE\r\n\
+             CSeq: {cseq} SUBSCRIBE\r\n\
              Contact: <sip:{id}@{id}.invalid;transport=ws>\r\n\
              Event: conference-list\r\n\
              {extra}\
@@ -152,16 +206,65 @@ impl SipWsClient {
         )
     }
 
+    /// SUBSCRIBE with Accept and Expires, signing in with [`Self::auth`] (answering one
+    /// digest challenge) → the final response and the CSeq it answered.
+    pub async fn subscribe_answer(
+        &mut self,
+        user: &str,
+        call_id: &str,
+        expires: u32,
+    ) -> Result<(Response, u32)> {
+        let base = format!("Accept: application/conference-list+xml\r\nExpires: {expires}\r\n");
+        let first = match &self.auth {
+            Auth::Bearer(token) => format!("{base}Authorization: Bearer {token}\r\n"),
+            _ => base.clone(),
+        };
+        let req = self.initial_subscribe(user, call_id, &first);
+        self.send_text(&req).await?;
+        let response = self.recv_response().await?;
+        let Auth::Digest {
+            username,
+            password,
+            algorithm,
+        } = self.auth.clone()
+        else {
+            return Ok((response, 1));
+        };
+        if response.status.as_u16() != 401 {
+            return Ok((response, 1));
+        }
+        let challenges = Challenge::all(&response)?;
+        let challenge = challenges
+            .iter()
+            .find(|c| c.algorithm.eq_ignore_ascii_case(algorithm))
+            .with_context(|| format!("401 offers no {algorithm} challenge: {challenges:?}"))?;
+        let cnonce = format!("{:08x}", rand::random::<u32>());
+        let authz = authorization(
+            challenge,
+            &DigestInput {
+                username: &username,
+                password: &password,
+                method: "SUBSCRIBE",
+                uri: &format!("sip:{user}@example.com"),
+                nc: 1,
+                cnonce: &cnonce,
+            },
+        );
+        self.last_authorization = Some(authz.clone());
+        let req = self.initial_subscribe_cseq(
+            user,
+            call_id,
+            2,
+            &format!("{base}Authorization: {authz}\r\n"),
+        );
+        self.send_text(&req).await?;
+        Ok((self.recv_response().await?, 2))
+    }
+
     /// SUBSCRIBE with Accept and Expires → expects 200; returns the dialog.
     pub async fn subscribe(&mut self, user: &str, expires: u32) -> Result<Subscribed> {
         let call_id = format!("{}-{}", self.id, rand::random::<u32>());
-        let req = self.initial_subscribe(
-            user,
-            &call_id,
-            &format!("Accept: application/conference-list+xml\r\nExpires: {expires}\r\n"),
-        );
-        self.send_text(&req).await?;
-        let response = self.recv_response().await?;
+        let (response, cseq) = self.subscribe_answer(user, &call_id, expires).await?;
         if response.status != StatusCode::OK {
             bail!(
                 "SUBSCRIBE answered {} {}",
@@ -180,13 +283,23 @@ impl SipWsClient {
                 call_id,
                 from_tag: format!("ft{}", self.id),
                 to_tag,
-                cseq: 1,
+                cseq,
             },
         })
     }
 
     /// An in-dialog SUBSCRIBE (refresh, or unsubscribe with `expires` 0).
     pub async fn resubscribe(&mut self, d: &mut Subscription, expires: u32) -> Result<()> {
+        self.resubscribe_with(d, expires, "").await
+    }
+
+    /// [`Self::resubscribe`] with extra header lines (each ending in CRLF).
+    pub async fn resubscribe_with(
+        &mut self,
+        d: &mut Subscription,
+        expires: u32,
+        extra: &str,
+    ) -> Result<()> {
         d.cseq += 1;
         let branch = self.next_branch();
         let id = &self.id;
@@ -203,6 +316,7 @@ impl SipWsClient {
              Contact: <sip:{id}@{id}.invalid;transport=ws>\r\n\
              Event: conference-list\r\n\
              Expires: {expires}\r\n\
+             {extra}\
              Content-Length: 0\r\n\r\n"
         );
         self.send_text(&req).await

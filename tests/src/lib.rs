@@ -5,13 +5,20 @@
 
 #![allow(clippy::missing_panics_doc, missing_docs, reason = "test harness")]
 
+pub mod auth;
 pub mod client;
 pub mod db;
+pub mod pgtls;
 pub mod process;
+pub mod tls;
 
+pub use auth::Auth;
 pub use client::{ListView, SipWsClient, Subscription};
 pub use db::TestDb;
-pub use process::{Proxy, Server, ServerOptions, spawn_proxy, spawn_server};
+pub use process::{
+    Proxy, Server, ServerOptions, set_password, spawn_proxy, spawn_proxy_to, spawn_server,
+    start_proxy,
+};
 
 /// How long any single expected event may take.
 pub const EVENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -40,6 +40,9 @@ pub struct ServerOptions {
     pub demo: bool,
     /// Fixed gRPC address (a restarted server takes over its predecessor's port).
     pub grpc_listen: Option<String>,
+    /// Authentication on (the binary's default). Off by default in tests that are about
+    /// something else; the sign-in tests turn it on.
+    pub auth: bool,
     pub extra_args: Vec<String>,
 }
 
@@ -49,6 +52,7 @@ impl Default for ServerOptions {
             min_expires: 1,
             demo: true,
             grpc_listen: None,
+            auth: false,
             extra_args: Vec::new(),
         }
     }
@@ -58,7 +62,10 @@ impl Default for ServerOptions {
 #[derive(Debug)]
 pub struct Server {
     pub child: Child,
+    /// `http://host:port` of the gRPC listener.
     pub grpc: String,
+    /// `host:port` of the gRPC listener.
+    pub grpc_addr: String,
     pub admin: String,
 }
 
@@ -67,6 +74,8 @@ pub struct Server {
 pub struct Proxy {
     pub child: Child,
     pub ws_url: String,
+    /// `wss://…` when the proxy serves WSS.
+    pub wss_url: Option<String>,
     pub admin: String,
 }
 
@@ -87,21 +96,38 @@ pub async fn spawn_server(database_url: &str, opts: &ServerOptions) -> Result<Se
         "--shutdown-grace",
         "3s",
     ]);
+    if !opts.auth {
+        cmd.args(["--auth", "off"]);
+    }
     cmd.args(&opts.extra_args);
     let (child, fields) = start(cmd, &["grpc", "admin"]).await?;
     Ok(Server {
         child,
         grpc: format!("http://{}", fields[0]),
+        grpc_addr: fields[0].clone(),
         admin: fields[1].clone(),
     })
 }
 
 /// Starts a proxy in front of `server` and waits until its gRPC session is up.
 pub async fn spawn_proxy(server: &Server, extra_args: &[&str]) -> Result<Proxy> {
+    spawn_proxy_to(&server.grpc, extra_args).await
+}
+
+/// Starts a proxy in front of the servers `servers` (comma-separated URLs) and waits until
+/// one gRPC session is up.
+pub async fn spawn_proxy_to(servers: &str, extra_args: &[&str]) -> Result<Proxy> {
+    let proxy = start_proxy(servers, extra_args).await?;
+    wait_ready(&proxy.admin).await?;
+    Ok(proxy)
+}
+
+/// Starts a proxy without waiting for its sessions (for tests where none can come up).
+pub async fn start_proxy(servers: &str, extra_args: &[&str]) -> Result<Proxy> {
     let mut cmd = Command::new(binary("conflist-proxy")?);
     cmd.args([
         "--server",
-        &server.grpc,
+        servers,
         "--ws-listen",
         "127.0.0.1:0",
         "--admin-listen",
@@ -110,14 +136,19 @@ pub async fn spawn_proxy(server: &Server, extra_args: &[&str]) -> Result<Proxy> 
         "3s",
     ]);
     cmd.args(extra_args);
-    let (child, fields) = start(cmd, &["ws", "admin"]).await?;
-    let proxy = Proxy {
+    let (child, fields, line) = start_line(cmd, &["ws", "admin"]).await?;
+    Ok(Proxy {
         child,
         ws_url: fields[0].clone(),
+        wss_url: field(&line, "wss"),
         admin: fields[1].clone(),
-    };
-    wait_ready(&proxy.admin).await?;
-    Ok(proxy)
+    })
+}
+
+fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{key}=")))
+        .map(str::to_owned)
 }
 
 /// Sends SIGTERM (graceful shutdown).
@@ -132,7 +163,12 @@ pub fn terminate(child: &Child) -> Result<()> {
     Ok(())
 }
 
-async fn start(mut cmd: Command, keys: &[&str]) -> Result<(Child, Vec<String>)> {
+async fn start(cmd: Command, keys: &[&str]) -> Result<(Child, Vec<String>)> {
+    let (child, fields, _) = start_line(cmd, keys).await?;
+    Ok((child, fields))
+}
+
+async fn start_line(mut cmd: Command, keys: &[&str]) -> Result<(Child, Vec<String>, String)> {
     cmd.stdout(Stdio::piped())
         .stderr(if std::env::var_os("CONFLIST_TEST_LOGS").is_some() {
             Stdio::inherit()
@@ -159,11 +195,11 @@ async fn start(mut cmd: Command, keys: &[&str]) -> Result<(Child, Vec<String>)> 
                 .with_context(|| format!("no {k}= in {line:?}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok((child, fields))
+    Ok((child, fields, line))
 }
 
 /// Polls `/readyz` (an event we cannot subscribe to) every 20 ms for at most 10 s.
-async fn wait_ready(admin: &str) -> Result<()> {
+pub async fn wait_ready(admin: &str) -> Result<()> {
     for _ in 0..500 {
         if http_get_status(admin, "/readyz").await.ok() == Some(200) {
             return Ok(());
@@ -197,4 +233,34 @@ pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// `conflist-server user set-password USER` with the password on standard input.
+pub async fn set_password(database_url: &str, user: &str, password: &str) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(binary("conflist-server")?)
+        .args(["--database-url", database_url, "user", "set-password", user])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawn conflist-server user set-password")?;
+    let mut stdin = child.stdin.take().context("no stdin")?;
+    stdin.write_all(format!("{password}\n").as_bytes()).await?;
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .context("set-password did not finish within 30 s")??;
+    if !out.status.success() {
+        bail!(
+            "set-password failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let printed = String::from_utf8_lossy(&out.stdout);
+    if printed.contains(password) {
+        bail!("set-password printed the password: {printed}");
+    }
+    Ok(())
 }

@@ -13,7 +13,8 @@ mod build;
 mod tests;
 
 use crate::notifier::{
-    Answer, Command, Event, Notification, Outcome, Reason, State, SubscriptionId, Verdict,
+    Answer, Challenge, Command, Credentials, Event, Notification, Outcome, Reason, State,
+    SubscriptionId, Verdict,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -48,6 +49,8 @@ pub struct DialogConfig {
     pub notify_timeout: Duration,
     /// Most dialogs on one connection (a gateway multiplexes many).
     pub max_dialogs: usize,
+    /// Most bytes of Record-Route a dialog stores as its route set (RFC 3261 §12.1.1).
+    pub max_route_set_size: usize,
 }
 
 /// What the shell must do.
@@ -122,6 +125,11 @@ pub struct Dialogs {
     /// NOTIFY branch → subscription.
     by_branch: HashMap<String, SubscriptionId>,
     deadlines: BTreeSet<(Instant, SubscriptionId)>,
+    /// The identity the notifier authenticated on this flow (DESIGN: identity binds to the
+    /// flow that created it); later SUBSCRIBEs without credentials on this flow carry it.
+    flow_identity: Option<String>,
+    /// The client's address, passed on for per-address throttling of failed sign-ins.
+    client_address: String,
 }
 
 impl Dialogs {
@@ -138,7 +146,19 @@ impl Dialogs {
             by_key: HashMap::new(),
             by_branch: HashMap::new(),
             deadlines: BTreeSet::new(),
+            flow_identity: None,
+            client_address: String::new(),
         }
+    }
+
+    /// Records the client's address (after any trusted load balancer's X-Forwarded-For).
+    pub fn set_client_address(&mut self, addr: String) {
+        self.client_address = addr;
+    }
+
+    /// The identity this flow has proved, if any.
+    pub fn flow_identity(&self) -> Option<&str> {
+        self.flow_identity.as_deref()
     }
 
     /// Number of dialogs.
@@ -197,7 +217,7 @@ impl Dialogs {
     }
 
     fn on_initial_subscribe(&mut self, req: Request) -> Vec<Action> {
-        let checked = match check_initial(&req) {
+        let checked = match check_initial(&req, self.cfg.max_route_set_size) {
             Ok(c) => c,
             Err(rejection) => return vec![*rejection],
         };
@@ -244,6 +264,13 @@ impl Dialogs {
             event: EVENT_PACKAGE.to_owned(),
             accept: checked.accept,
             expires: checked.expires,
+            flow_identity: if checked.credentials.is_none() {
+                self.flow_identity.clone()
+            } else {
+                None
+            },
+            credentials: checked.credentials,
+            client_address: self.client_address.clone(),
         };
         let mut dialog = dialog;
         dialog.pending.push((request_id, req));
@@ -267,6 +294,10 @@ impl Dialogs {
         let event = req.headers.get(&HeaderName::EVENT).map(EventHeader::parse);
         let expires = match optional_seconds(&req, &HeaderName::EXPIRES) {
             Ok(e) => e,
+            Err(r) => return vec![*r],
+        };
+        let credentials = match credentials_of(&req) {
+            Ok(c) => c,
             Err(r) => return vec![*r],
         };
         let request_id = self.take_request_id();
@@ -331,6 +362,7 @@ impl Dialogs {
             sub,
             request_id,
             expires,
+            credentials,
         })]
     }
 
@@ -359,8 +391,11 @@ impl Dialogs {
         let local_tag = d.local_tag.clone();
         let with_tag = |h: &mut sip::Headers| set_to_tag(h, &local_tag);
         let response = match &answer.verdict {
-            Verdict::Ok { granted } => {
+            Verdict::Ok { granted, identity } => {
                 d.phase = Phase::Active;
+                if let Some(id) = identity {
+                    self.flow_identity = Some(id.clone());
+                }
                 reply(&req, StatusCode::OK, None, |h| {
                     with_tag(h);
                     h.push(HeaderName::CONTACT, contact.clone());
@@ -375,7 +410,11 @@ impl Dialogs {
                     }
                     Verdict::BadEvent => h.push(HeaderName::ALLOW_EVENTS, EVENT_PACKAGE),
                     Verdict::NotAcceptable => h.push(HeaderName::ACCEPT, CONTENT_TYPE),
-                    Verdict::Unavailable => h.push(HeaderName::RETRY_AFTER, "5"),
+                    Verdict::Unavailable { retry_after } => h.push(
+                        HeaderName::RETRY_AFTER,
+                        retry_after.unwrap_or(5).to_string(),
+                    ),
+                    Verdict::Unauthorized(challenge) => push_challenges(h, challenge),
                     _ => {}
                 }
             }),
@@ -623,10 +662,11 @@ struct Initial {
     event: String,
     accept: Vec<String>,
     expires: Option<u32>,
+    credentials: Option<Credentials>,
 }
 
 /// RFC 6665 §4.2.1 checks of a dialog-creating SUBSCRIBE; a rejection is the response to send.
-fn check_initial(req: &Request) -> Result<Initial, Box<Action>> {
+fn check_initial(req: &Request, max_route_set_size: usize) -> Result<Initial, Box<Action>> {
     let bad = |reason: &str| reply(req, StatusCode::BAD_REQUEST, Some(reason), |_| {});
     if !req.uri.is_sip() {
         return Err(reply(req, StatusCode::UNSUPPORTED_URI_SCHEME, None, |_| {}).into());
@@ -687,6 +727,15 @@ fn check_initial(req: &Request) -> Result<Initial, Box<Action>> {
     let Some(requester) = from.uri.aor() else {
         return Err(bad("Bad From").into());
     };
+    let route_set_size: usize = req
+        .headers
+        .get_split(&HeaderName::RECORD_ROUTE)
+        .map(str::len)
+        .sum();
+    if route_set_size > max_route_set_size {
+        return Err(bad("Record-Route too large").into());
+    }
+    let credentials = credentials_of(req)?;
     let call_id = req
         .headers
         .get(&HeaderName::CALL_ID)
@@ -704,7 +753,51 @@ fn check_initial(req: &Request) -> Result<Initial, Box<Action>> {
         event,
         accept,
         expires,
+        credentials,
     })
+}
+
+/// The request's Authorization (RFC 3261 §22.4): Digest or Bearer. A request may carry one
+/// per realm; the first one that parses is used. Unparseable credentials are a 400.
+fn credentials_of(req: &Request) -> Result<Option<Credentials>, Box<Action>> {
+    let mut values = req
+        .headers
+        .iter()
+        .filter(|(n, _)| **n == HeaderName::AUTHORIZATION)
+        .map(|(_, v)| v)
+        .peekable();
+    if values.peek().is_none() {
+        return Ok(None);
+    }
+    let parsed = values.find_map(|v| sip::Credentials::parse(v).ok());
+    match parsed {
+        Some(sip::Credentials::Digest(response)) => Ok(Some(Credentials::Digest {
+            response,
+            method: req.method.to_string(),
+        })),
+        Some(sip::Credentials::Bearer(token)) => Ok(Some(Credentials::Bearer(token))),
+        None => Err(Box::new(reply(
+            req,
+            StatusCode::BAD_REQUEST,
+            Some("Bad Authorization"),
+            |_| {},
+        ))),
+    }
+}
+
+/// One WWW-Authenticate per offered algorithm, in the notifier's order (RFC 8760 §2.4: the
+/// preferred first; clients that read a single challenge take the last).
+fn push_challenges(h: &mut sip::Headers, c: &Challenge) {
+    for algorithm in &c.algorithms {
+        let challenge = sip::DigestChallenge {
+            realm: c.realm.clone(),
+            nonce: c.nonce.clone(),
+            opaque: c.opaque.clone(),
+            algorithm: algorithm.clone(),
+            stale: c.stale,
+        };
+        h.push(HeaderName::WWW_AUTHENTICATE, challenge.to_string());
+    }
 }
 
 fn header_name_addr(req: &Request, name: &HeaderName) -> Option<NameAddr> {
@@ -750,14 +843,14 @@ fn bad_event(req: &Request) -> Action {
 fn verdict_status(v: &Verdict) -> StatusCode {
     match v {
         Verdict::Ok { .. } => StatusCode::OK,
-        Verdict::Unauthorized => StatusCode::UNAUTHORIZED,
+        Verdict::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         Verdict::Forbidden => StatusCode::FORBIDDEN,
         Verdict::NotFound => StatusCode::NOT_FOUND,
         Verdict::IntervalTooBrief { .. } => StatusCode::INTERVAL_TOO_BRIEF,
         Verdict::BadEvent => StatusCode::BAD_EVENT,
         Verdict::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
         Verdict::NoSuchSubscription => StatusCode::CALL_DOES_NOT_EXIST,
-        Verdict::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Verdict::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Verdict::Internal => StatusCode::SERVER_INTERNAL_ERROR,
     }
 }

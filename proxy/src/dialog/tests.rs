@@ -1,7 +1,9 @@
 //! The dialog core driven without sockets: fixed seed, explicit clock.
 
 use super::*;
-use crate::notifier::{Answer, Command, Event, Notification, Outcome, Reason, State, Verdict};
+use crate::notifier::{
+    Answer, Challenge, Command, Credentials, Event, Notification, Outcome, Reason, State, Verdict,
+};
 use sip::{Message, Request, Response};
 
 fn cfg(max_dialogs: usize) -> DialogConfig {
@@ -11,6 +13,7 @@ fn cfg(max_dialogs: usize) -> DialogConfig {
         contact_transport: "ws",
         notify_timeout: Duration::from_secs(32),
         max_dialogs,
+        max_route_set_size: 4096,
     }
 }
 
@@ -76,7 +79,10 @@ fn ok(sub: &str, request_id: u64, granted: u32) -> Event {
     Event::Answer(Answer {
         sub: sub.into(),
         request_id,
-        verdict: Verdict::Ok { granted },
+        verdict: Verdict::Ok {
+            granted,
+            identity: None,
+        },
     })
 }
 
@@ -125,6 +131,9 @@ fn initial_subscribe_routes_then_forwards_its_meaning() {
                 event: "conference-list".into(),
                 accept: vec!["application/conference-list+xml".into()],
                 expires: Some(600),
+                credentials: None,
+                flow_identity: None,
+                client_address: String::new(),
             }),
         ]
     );
@@ -263,7 +272,8 @@ fn refreshes_are_checked_and_forwarded() {
         vec![Action::Upstream(Command::Refresh {
             sub,
             request_id: 2,
-            expires: Some(0)
+            expires: Some(0),
+            credentials: None,
         })]
     );
     // CSeq must increase within the dialog (RFC 3261 §12.2.2).
@@ -362,4 +372,139 @@ fn notifications_for_unknown_dialogs_unsubscribe_upstream() {
             sub: "gone".into()
         })]
     );
+}
+
+fn upstream_subscribe(actions: &[Action]) -> &Command {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Upstream(c @ Command::Subscribe { .. }) => Some(c),
+            _ => None,
+        })
+        .expect("a Subscribe upstream")
+}
+
+#[test]
+fn digest_and_bearer_credentials_go_upstream_parsed() {
+    let mut d = Dialogs::new(cfg(10), "p-0".into(), 7);
+    d.set_client_address("192.0.2.7".into());
+    let auth = "Authorization: Digest username=\"alice\", realm=\"example.com\", nonce=\"n1\", \
+                uri=\"sip:alice@example.com\", response=\"abc\", algorithm=MD5, qop=auth, \
+                nc=00000001, cnonce=\"c1\"\r\n";
+    let actions = d.on_request(subscribe("c1", None, 1, auth), Instant::now());
+    let Command::Subscribe {
+        credentials,
+        client_address,
+        flow_identity,
+        ..
+    } = upstream_subscribe(&actions)
+    else {
+        unreachable!()
+    };
+    assert_eq!(client_address, "192.0.2.7");
+    assert_eq!(*flow_identity, None);
+    let Some(Credentials::Digest { response, method }) = credentials else {
+        panic!("digest credentials expected: {credentials:?}")
+    };
+    assert_eq!(method, "SUBSCRIBE");
+    assert_eq!(response.username, "alice");
+    assert_eq!(response.nc.as_deref(), Some("00000001"));
+
+    let actions = d.on_request(
+        subscribe("c2", None, 1, "Authorization: Bearer abc.def.ghi\r\n"),
+        Instant::now(),
+    );
+    let Command::Subscribe { credentials, .. } = upstream_subscribe(&actions) else {
+        unreachable!()
+    };
+    assert_eq!(
+        *credentials,
+        Some(Credentials::Bearer("abc.def.ghi".into()))
+    );
+}
+
+#[test]
+fn unauthorized_answers_carry_one_challenge_per_algorithm_in_order() {
+    let mut d = Dialogs::new(cfg(10), "p-0".into(), 7);
+    let now = Instant::now();
+    d.on_request(subscribe("c1", None, 1, ""), now);
+    let challenge = Challenge {
+        realm: "example.com".into(),
+        nonce: "NONCE".into(),
+        opaque: None,
+        algorithms: vec!["SHA-256".into(), "MD5".into()],
+        stale: true,
+    };
+    let actions = d.on_event(
+        Event::Answer(Answer {
+            sub: "p-0-0".into(),
+            request_id: 1,
+            verdict: Verdict::Unauthorized(challenge),
+        }),
+        now,
+    );
+    let r = response(&actions[0]);
+    assert_eq!(r.status.as_u16(), 401);
+    let challenges: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| **n == HeaderName::WWW_AUTHENTICATE)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(
+        challenges,
+        [
+            r#"Digest realm="example.com", nonce="NONCE", algorithm=SHA-256, qop="auth", stale=true"#,
+            r#"Digest realm="example.com", nonce="NONCE", algorithm=MD5, qop="auth", stale=true"#,
+        ]
+    );
+    assert!(d.is_empty(), "a refused initial SUBSCRIBE leaves no dialog");
+}
+
+#[test]
+fn the_flow_identity_rides_on_later_subscribes_without_credentials() {
+    let mut d = Dialogs::new(cfg(10), "p-0".into(), 7);
+    let now = Instant::now();
+    d.on_request(subscribe("c1", None, 1, "Authorization: Bearer t\r\n"), now);
+    d.on_event(
+        Event::Answer(Answer {
+            sub: "p-0-0".into(),
+            request_id: 1,
+            verdict: Verdict::Ok {
+                granted: 60,
+                identity: Some("sip:alice@example.com".into()),
+            },
+        }),
+        now,
+    );
+    assert_eq!(d.flow_identity(), Some("sip:alice@example.com"));
+    let actions = d.on_request(subscribe("c2", None, 1, ""), now);
+    let Command::Subscribe { flow_identity, .. } = upstream_subscribe(&actions) else {
+        unreachable!()
+    };
+    assert_eq!(flow_identity.as_deref(), Some("sip:alice@example.com"));
+    // Credentials of its own take precedence: the flow identity is not sent with them.
+    let actions = d.on_request(subscribe("c3", None, 1, "Authorization: Bearer u\r\n"), now);
+    let Command::Subscribe { flow_identity, .. } = upstream_subscribe(&actions) else {
+        unreachable!()
+    };
+    assert_eq!(*flow_identity, None);
+}
+
+#[test]
+fn oversized_route_sets_and_bad_credentials_are_refused() {
+    let mut d = Dialogs::new(cfg(10), "p-0".into(), 7);
+    let rr = format!(
+        "Record-Route: <sip:{}@proxy.example.com;lr>\r\n",
+        "x".repeat(5000)
+    );
+    let actions = d.on_request(subscribe("c1", None, 1, &rr), Instant::now());
+    assert_eq!(response(&actions[0]).status.as_u16(), 400);
+    assert_eq!(response(&actions[0]).reason, "Record-Route too large");
+    let actions = d.on_request(
+        subscribe("c2", None, 1, "Authorization: Basic YWxpY2U6eA==\r\n"),
+        Instant::now(),
+    );
+    assert_eq!(response(&actions[0]).reason, "Bad Authorization");
+    assert!(d.is_empty());
 }

@@ -2,8 +2,10 @@
 //! actions (write to the socket, talk to the notifier), and keeps the flow alive (WebSocket
 //! ping with a dead-peer timeout; RFC 5626 CRLF keep-alive answered). Everything about the
 //! connection is bounded: message size (by the WebSocket layer), the event queue from the
-//! notifier, the write time per message, the number of dialogs.
+//! notifier, the write time per message, the number of dialogs, the time without any dialog
+//! (`--idle-timeout`) and the rate of new SUBSCRIBEs per client address.
 
+use super::limits::{Limits, SubscribeDecision};
 use crate::dialog::{Action, DialogConfig, Dialogs};
 use crate::metrics::Metrics;
 use crate::notifier::SubscriptionId;
@@ -12,7 +14,7 @@ use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use sip::Message;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -37,6 +39,10 @@ pub struct ConnectionConfig {
     pub write_timeout: Duration,
     /// After shutdown starts, how long to wait for answers to the final NOTIFYs.
     pub drain_timeout: Duration,
+    /// A connection without any dialog for this long is closed (`--idle-timeout`).
+    pub idle_timeout: Duration,
+    /// TLS handshake plus HTTP upgrade must finish within this (`--handshake-timeout`).
+    pub handshake_timeout: Duration,
 }
 
 /// What every connection shares.
@@ -58,6 +64,19 @@ pub struct Shared {
     pub instance: String,
     /// Connection counter for ids.
     pub next_connection: AtomicU64,
+    /// Per-client limits: trusted proxies, origins, connections and SUBSCRIBEs per address.
+    pub limits: Limits,
+}
+
+/// Who is on the other end of one connection, and the listener's dialog settings.
+#[derive(Debug, Clone)]
+pub struct ConnectionParams {
+    /// The TCP peer (a load balancer when the client is behind one).
+    pub peer: SocketAddr,
+    /// The client: the peer, or the address a trusted load balancer forwarded.
+    pub client_addr: IpAddr,
+    /// Dialog settings of the listener (Via/Contact transport `WS` or `WSS`).
+    pub dialog: DialogConfig,
 }
 
 /// The outcome of one loop turn: dialog actions, raw bytes to write first, maybe close.
@@ -106,19 +125,37 @@ struct Connection {
     handle: ConnectionHandle,
     bad_messages: u32,
     peer: SocketAddr,
+    /// The client's address (see [`ConnectionParams::client_addr`]).
+    client_addr: IpAddr,
+    /// Whether this connection already logged a rate-limited SUBSCRIBE at info level.
+    rate_limit_logged: bool,
 }
 
-/// Serves one WebSocket until it closes, the peer dies, or the proxy stops.
+/// Serves one WebSocket until it closes, the peer dies, or the proxy stops; the client is
+/// the peer itself and the dialog settings are [`Shared::dialog`].
 pub async fn run(socket: WebSocket, peer: SocketAddr, shared: Arc<Shared>) {
+    let params = ConnectionParams {
+        peer,
+        client_addr: peer.ip().to_canonical(),
+        dialog: shared.dialog.clone(),
+    };
+    run_with(socket, params, shared).await;
+}
+
+/// Serves one WebSocket for the client and listener described by `params`.
+pub async fn run_with(socket: WebSocket, params: ConnectionParams, shared: Arc<Shared>) {
+    let ConnectionParams {
+        peer,
+        client_addr,
+        dialog,
+    } = params;
     let n = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let close = CancellationToken::new();
+    let mut dialogs = Dialogs::new(dialog, format!("{}-{n}", shared.instance), rand::random());
+    dialogs.set_client_address(client_addr.to_string());
     let mut conn = Connection {
-        dialogs: Dialogs::new(
-            shared.dialog.clone(),
-            format!("{}-{n}", shared.instance),
-            rand::random(),
-        ),
+        dialogs,
         routed: HashMap::new(),
         handle: ConnectionHandle {
             events: events_tx,
@@ -126,6 +163,8 @@ pub async fn run(socket: WebSocket, peer: SocketAddr, shared: Arc<Shared>) {
         },
         bad_messages: 0,
         peer,
+        client_addr,
+        rate_limit_logged: false,
         shared,
     };
     conn.shared.metrics.connections.inc();
@@ -136,6 +175,9 @@ pub async fn run(socket: WebSocket, peer: SocketAddr, shared: Arc<Shared>) {
     let mut last_seen = Instant::now();
     let shutdown = conn.shared.shutdown.clone();
     let mut drain_deadline: Option<Instant> = None;
+    let idle_timeout = conn.shared.config.idle_timeout;
+    // The idle clock runs only while there is no dialog; it restarts whenever there is one.
+    let mut idle_since = Instant::now();
 
     let reason = loop {
         let deadline = conn.dialogs.next_deadline();
@@ -168,6 +210,8 @@ pub async fn run(socket: WebSocket, peer: SocketAddr, shared: Arc<Shared>) {
                 Step::actions(conn.dialogs.on_shutdown(Instant::now()))
             }
             () = sleep_until_opt(drain_deadline) => Step::close("shutdown"),
+            () = tokio::time::sleep_until(idle_since + idle_timeout),
+                if drain_deadline.is_none() && conn.dialogs.is_empty() => Step::close("idle"),
         };
         let write_timeout = conn.shared.config.write_timeout;
         let mut closing = step.close;
@@ -196,6 +240,9 @@ pub async fn run(socket: WebSocket, peer: SocketAddr, shared: Arc<Shared>) {
                 closing = Some(why);
             }
         }
+        if !conn.dialogs.is_empty() {
+            idle_since = Instant::now();
+        }
         if let Some(why) = closing {
             break why;
         }
@@ -219,6 +266,9 @@ pub async fn run(socket: WebSocket, peer: SocketAddr, shared: Arc<Shared>) {
     conn.shared.metrics.connections.dec();
     if reason == "too slow" {
         warn!(reason, "connection closed");
+    } else if reason == "idle" {
+        conn.shared.metrics.idle_connections_closed.inc();
+        info!(reason, idle_timeout = ?idle_timeout, "connection closed: no dialog for the idle timeout");
     } else {
         debug!(reason, "connection closed");
     }
@@ -238,6 +288,11 @@ impl Connection {
                 self.bad_messages = 0;
                 self.shared.metrics.requests.inc();
                 super::stamp_via(&mut req, self.peer);
+                if super::is_initial_subscribe(&req)
+                    && let Some(refusal) = self.rate_limit(&req)
+                {
+                    return Step::actions(vec![Action::Send(refusal)]);
+                }
                 Step::actions(self.dialogs.on_request(req, Instant::now()))
             }
             Ok(Message::Response(resp)) => {
@@ -256,6 +311,28 @@ impl Connection {
                 step
             }
         }
+    }
+
+    /// `Some(503)` when this client address is over `--max-subscribes-per-address`; the
+    /// request then never reaches the dialog core.
+    fn rate_limit(&mut self, req: &sip::Request) -> Option<Message> {
+        let decision = self
+            .shared
+            .limits
+            .subscribes
+            .check(self.client_addr, Instant::now());
+        if decision == SubscribeDecision::Allowed {
+            return None;
+        }
+        self.shared.metrics.subscribes_rate_limited.inc();
+        // One info line per connection; a flood would otherwise flood the log too.
+        if self.rate_limit_logged {
+            debug!(client.ip = %self.client_addr, ?decision, "SUBSCRIBE rate-limited: 503");
+        } else {
+            self.rate_limit_logged = true;
+            info!(client.ip = %self.client_addr, ?decision, "SUBSCRIBE rate-limited: 503 (further ones on this connection log at debug)");
+        }
+        Some(super::service_unavailable(req, 1))
     }
 
     async fn execute(

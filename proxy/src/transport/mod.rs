@@ -1,10 +1,20 @@
-//! Transports. WebSocket (RFC 7118) is served today; the per-connection shell in
-//! [`connection`] is transport-agnostic apart from framing.
+//! Transports. WebSocket (RFC 7118), plain and over TLS, is served today; the
+//! per-connection shell in [`connection`] is transport-agnostic apart from framing.
+//!
+//! - [`listener`]: our accept loop: TLS, the HTTP/1.1 upgrade under a handshake deadline,
+//!   per-address connection limits at accept, and tracking of every connection task.
+//! - [`ws`]: the upgrade handler (subprotocol `sip`, Origin, `X-Forwarded-For`, caps).
+//! - [`connection`]: one WebSocket connection: SIP in, dialog actions out, keep-alive, idle.
+//! - [`limits`]: the pure per-client limit state (CIDR, origins, counters, token buckets).
+//! - [`tls`]: the rustls server configuration from PEM files.
 
 pub mod connection;
+pub mod limits;
+pub mod listener;
+pub mod tls;
 pub mod ws;
 
-use sip::{HeaderName, Request, Via};
+use sip::{HeaderName, NameAddr, Request, Via};
 use std::net::SocketAddr;
 
 /// RFC 3261 §18.2.1 and RFC 3581: note where the request really came from in its top Via
@@ -54,6 +64,41 @@ fn replace_first_via(req: &mut Request, top: &str) {
         headers.push(n, v);
     }
     req.headers = headers;
+}
+
+/// True for a SUBSCRIBE that would create a dialog (RFC 6665 §4.1.2.1: its To has no tag).
+/// A To that does not parse is left to the dialog core, which answers 400.
+pub fn is_initial_subscribe(req: &Request) -> bool {
+    req.method == sip::Method::Subscribe
+        && req
+            .headers
+            .get(&HeaderName::TO)
+            .and_then(|t| NameAddr::parse(t).ok())
+            .is_some_and(|to| to.tag().is_none())
+}
+
+/// `503 Service Unavailable` with `Retry-After` for a request refused before the dialog core
+/// saw it (RFC 3261 §21.5.4). The To-tag is derived from the request, so a retransmission
+/// gets the same response.
+pub fn service_unavailable(req: &Request, retry_after_secs: u32) -> sip::Message {
+    use std::hash::{Hash, Hasher};
+    let mut resp = sip::Response::for_request(req, sip::StatusCode::SERVICE_UNAVAILABLE);
+    if let Some(mut to) = resp
+        .headers
+        .get(&HeaderName::TO)
+        .and_then(|t| NameAddr::parse(t).ok())
+        && to.tag().is_none()
+    {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        req.headers.get(&HeaderName::CALL_ID).hash(&mut h);
+        req.headers.get(&HeaderName::FROM).hash(&mut h);
+        req.headers.get(&HeaderName::CSEQ).hash(&mut h);
+        to.set_tag(&format!("{:016x}", h.finish()));
+        resp.headers.set(HeaderName::TO, to.to_string());
+    }
+    resp.headers
+        .push(HeaderName::RETRY_AFTER, retry_after_secs.to_string());
+    sip::Message::Response(resp)
 }
 
 /// A `400` for a message the codec rejected, built from its raw header lines when the five
@@ -133,6 +178,49 @@ mod tests {
             req.headers.get(&HeaderName::VIA),
             Some("SIP/2.0/WS 127.0.0.1:5;branch=z9hG4bK1")
         );
+    }
+
+    fn subscribe(to: &str) -> Request {
+        let raw = format!(
+            "SUBSCRIBE sip:alice@example.com SIP/2.0\r\nVia: SIP/2.0/WS h.invalid;branch=z9hG4bK1\r\nFrom: <sip:alice@example.com>;tag=f1\r\nTo: {to}\r\nCall-ID: c1\r\nCSeq: 7 SUBSCRIBE\r\nEvent: conference-list\r\nContent-Length: 0\r\n\r\n"
+        );
+        match sip::parse_message(raw.as_bytes()).unwrap() {
+            sip::Message::Request(r) => r,
+            sip::Message::Response(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn only_a_tagless_subscribe_is_initial() {
+        assert!(is_initial_subscribe(&subscribe("<sip:alice@example.com>")));
+        assert!(!is_initial_subscribe(&subscribe(
+            "<sip:alice@example.com>;tag=t9"
+        )));
+        assert!(!is_initial_subscribe(&request(
+            "SIP/2.0/WS h.invalid;branch=z9hG4bK1"
+        )));
+    }
+
+    #[test]
+    fn service_unavailable_has_a_stable_to_tag_and_retry_after() {
+        let req = subscribe("<sip:alice@example.com>");
+        let sip::Message::Response(resp) = service_unavailable(&req, 1) else {
+            panic!("not a response");
+        };
+        assert_eq!(resp.status, sip::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers.get(&HeaderName::RETRY_AFTER), Some("1"));
+        assert_eq!(resp.headers.get(&HeaderName::CALL_ID), Some("c1"));
+        assert_eq!(resp.headers.get(&HeaderName::CSEQ), Some("7 SUBSCRIBE"));
+        let to = NameAddr::parse(resp.headers.get(&HeaderName::TO).unwrap()).unwrap();
+        let tag = to.tag().unwrap().to_owned();
+        assert_eq!(tag.len(), 16);
+        assert_eq!(service_unavailable(&req, 1), service_unavailable(&req, 1));
+        let tagged = subscribe("<sip:alice@example.com>;tag=t9");
+        let sip::Message::Response(resp) = service_unavailable(&tagged, 1) else {
+            panic!("not a response");
+        };
+        let to = NameAddr::parse(resp.headers.get(&HeaderName::TO).unwrap()).unwrap();
+        assert_eq!(to.tag(), Some("t9"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `conflist.v1` ⇄ domain types, in one place.
 
 use crate::notifier::{
-    Answer, Command, Event, Notification, Outcome, Reason, State, SubscriptionId, Verdict,
+    Answer, Challenge, Command, Credentials, Event, Notification, Outcome, Reason, State,
+    SubscriptionId, Verdict,
 };
 use proto::v1::{
     self, AnswerStatus, DeliveryOutcome, ProxyMessage, ServerMessage, SubscriptionState,
@@ -18,25 +19,32 @@ pub(super) fn to_proto(c: Command) -> ProxyMessage {
             event,
             accept,
             expires,
+            credentials,
+            flow_identity,
+            client_address,
         } => proxy_message::Kind::Subscribe(v1::Subscribe {
             subscription_id: sub,
             request_id,
             subscriber_uri: subscriber,
             requester_uri: requester,
-            credentials: None,
+            credentials: credentials.map(credentials_to_proto),
             event,
             accept,
             expires,
             resume_version: None,
+            client_address,
+            flow_identity: flow_identity.unwrap_or_default(),
         }),
         Command::Refresh {
             sub,
             request_id,
             expires,
+            credentials,
         } => proxy_message::Kind::Refresh(v1::Refresh {
             subscription_id: sub,
             request_id,
             expires,
+            credentials: credentials.map(credentials_to_proto),
         }),
         Command::Unsubscribe { sub } => proxy_message::Kind::Unsubscribe(v1::Unsubscribe {
             subscription_id: sub,
@@ -59,6 +67,32 @@ pub(super) fn to_proto(c: Command) -> ProxyMessage {
     ProxyMessage { kind: Some(kind) }
 }
 
+fn credentials_to_proto(c: Credentials) -> v1::Credentials {
+    let kind = match c {
+        Credentials::Bearer(token) => v1::credentials::Kind::BearerToken(token),
+        Credentials::Digest {
+            response: d,
+            method,
+        } => {
+            let d = *d;
+            v1::credentials::Kind::Digest(v1::DigestCredentials {
+                username: d.username,
+                realm: d.realm,
+                nonce: d.nonce,
+                uri: d.uri,
+                response: d.response,
+                algorithm: d.algorithm.unwrap_or_default(),
+                qop: d.qop.unwrap_or_default(),
+                nc: d.nc.unwrap_or_default(),
+                cnonce: d.cnonce.unwrap_or_default(),
+                opaque: d.opaque.unwrap_or_default(),
+                method,
+            })
+        }
+    };
+    v1::Credentials { kind: Some(kind) }
+}
+
 /// The subscription and request id of a Subscribe or Refresh.
 pub(super) fn request_of(m: &ProxyMessage) -> Option<(SubscriptionId, u64)> {
     match &m.kind {
@@ -75,15 +109,30 @@ pub(super) fn from_proto(m: ServerMessage) -> Option<(SubscriptionId, Event)> {
             let verdict = match status {
                 AnswerStatus::Ok => Verdict::Ok {
                     granted: a.granted_expires,
+                    identity: (!a.identity.is_empty()).then_some(a.identity),
                 },
-                AnswerStatus::Unauthorized => Verdict::Unauthorized,
+                AnswerStatus::Unauthorized => match a.challenge {
+                    Some(c) if !c.nonce.is_empty() && !c.algorithms.is_empty() => {
+                        Verdict::Unauthorized(Challenge {
+                            realm: c.realm,
+                            nonce: c.nonce,
+                            opaque: (!c.opaque.is_empty()).then_some(c.opaque),
+                            algorithms: c.algorithms,
+                            stale: c.stale,
+                        })
+                    }
+                    // A 401 the client could not answer helps nobody: treat it as a refusal.
+                    _ => Verdict::Forbidden,
+                },
                 AnswerStatus::Forbidden => Verdict::Forbidden,
                 AnswerStatus::NotFound => Verdict::NotFound,
                 AnswerStatus::IntervalTooBrief => Verdict::IntervalTooBrief { min: a.min_expires },
                 AnswerStatus::BadEvent => Verdict::BadEvent,
                 AnswerStatus::NotAcceptable => Verdict::NotAcceptable,
                 AnswerStatus::NoSuchSubscription => Verdict::NoSuchSubscription,
-                AnswerStatus::Unavailable => Verdict::Unavailable,
+                AnswerStatus::Unavailable => Verdict::Unavailable {
+                    retry_after: (a.retry_after > 0).then_some(a.retry_after),
+                },
                 AnswerStatus::InternalError | AnswerStatus::Unspecified => Verdict::Internal,
             };
             let sub = a.subscription_id;

@@ -1,8 +1,9 @@
-//! `conflist-watch WS_URL USER`: subscribes to USER's conference list (domain example.com)
-//! and prints every NOTIFY's state and document until Ctrl-C.
+//! `conflist-watch WS_URL USER [PASSWORD]`: subscribes to USER's conference list (domain
+//! example.com), signing in with digest (PASSWORD) or a bearer token (`CONFLIST_TOKEN`), and
+//! prints every NOTIFY's state and document until Ctrl-C.
 
 use anyhow::{Context, Result};
-use conflist_tests::SipWsClient;
+use conflist_tests::{Auth, SipWsClient};
 use sip::HeaderName;
 
 #[tokio::main]
@@ -12,7 +13,13 @@ async fn main() -> Result<()> {
         .next()
         .unwrap_or_else(|| "ws://127.0.0.1:8080".to_owned());
     let user = args.next().unwrap_or_else(|| "alice".to_owned());
+    let password = args.next();
     let mut client = SipWsClient::connect(&url).await?;
+    client.auth = match (password, std::env::var("CONFLIST_TOKEN")) {
+        (Some(p), _) => Auth::sha256(&user, &p),
+        (None, Ok(token)) => Auth::Bearer(token),
+        (None, Err(_)) => Auth::None,
+    };
     let sub = client.subscribe(&user, 3600).await?;
     println!(
         "subscribed: 200 OK, Expires {}",

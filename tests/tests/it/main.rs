@@ -2,14 +2,17 @@
 //! database per test, a SIP-over-WebSocket client. Build the binaries first
 //! (`cargo build --workspace --bins`; `scripts/test` does).
 
+mod auth;
 mod bad_input;
 mod directory;
 mod faults;
+mod limits;
 mod live_updates;
 mod operator_schema;
 mod shutdown;
 mod sqlite;
 mod subscribe;
+mod tls;
 
 use conflist_tests::{Proxy, Server, ServerOptions, TestDb, spawn_proxy, spawn_server};
 
