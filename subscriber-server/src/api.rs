@@ -1,12 +1,19 @@
 //! The tonic `SubscriptionService`: one task per proxy session stream. This module converts
-//! `conflist.v1` messages to the domain types of [`crate::subscription`] and back; policy and
-//! state live there, SQL in [`crate::directory`].
+//! `conflist.v1` messages to the domain types of [`crate::subscription`] and [`crate::auth`]
+//! and back; policy and state live there, SQL in [`crate::directory`].
+//!
+//! Sign-in (authentication on): a Subscribe with credentials is verified by
+//! [`Authenticator`], one with only a `flow_identity` is trusted (the proxy vouches for its
+//! flow), one with neither is challenged. The identity must then be the subscriber. A
+//! Refresh keeps the identity bound at creation; credentials it carries are verified again,
+//! in order with the other refreshes of that subscription.
 
-use crate::cache::{Cache, SessionKey, SessionWake, UserDoc};
+use crate::auth::{Authenticator, Credentials, Label, Outcome, Verdict, digest};
+use crate::cache::{AttachError, Cache, SessionKey, SessionWake, UserDoc};
 use crate::directory::DirectoryError;
-use crate::metrics::Metrics;
+use crate::metrics::{AuthLabel, Metrics};
 use crate::subscription::{
-    self, NotifyPolicy, Plan, Policy, Registry, Rejection, SubscribeRequest, Subscription,
+    self, NotifyPolicy, Plan, Policy, Registry, Rejection, SubscribeRequest, Subscription, same_aor,
 };
 use document::ConferenceList;
 use proto::v1::{
@@ -14,9 +21,9 @@ use proto::v1::{
     SubscriptionState, TerminationReason, proxy_message, server_message,
     subscription_service_server::SubscriptionService,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -28,6 +35,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 /// Outbound messages buffered per session before the session task waits for the proxy.
 const SESSION_QUEUE: usize = 1024;
+/// Refreshes of one subscription waiting behind one whose credentials are being verified;
+/// more are answered 503 (an honest client has one refresh in flight).
+const MAX_QUEUED_REFRESHES: usize = 8;
+/// Reason of the per-user subscription cap's 403.
+const TOO_MANY: &str = "too many subscriptions for this user";
 
 /// Shared by every session of one server instance.
 #[derive(Debug)]
@@ -44,6 +56,10 @@ pub struct Context {
     pub shutdown: CancellationToken,
     /// Tracks session tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Sign-in; `None` with `--auth off`.
+    pub auth: Option<Authenticator>,
+    /// Most live subscriptions per user on this instance (beyond: 403).
+    pub max_subscriptions_per_user: usize,
 }
 
 /// The gRPC service.
@@ -83,15 +99,60 @@ impl SubscriptionService for SessionService {
     }
 }
 
-/// An initial SUBSCRIBE waiting for its user's document.
+/// How a new subscription's requester is identified.
 #[derive(Debug)]
-struct Loaded {
+enum AuthStep {
+    /// Authentication off: the From address (requester) must be the subscriber.
+    Off,
+    /// The proxy vouches for the flow's identity.
+    Flow(String),
+    /// Verify these credentials.
+    Verify(Credentials),
+}
+
+/// What a spawned task of the session found.
+#[derive(Debug)]
+enum Done {
+    /// An initial SUBSCRIBE was signed in, admitted and its document loaded (or not).
+    Subscribe(Admitted),
+    /// The credentials of a refresh were verified.
+    Refresh(Box<Verified>),
+}
+
+/// A refresh whose credentials were verified.
+#[derive(Debug)]
+struct Verified {
+    refresh: v1::Refresh,
+    username: Option<String>,
+    verdict: Result<Verdict, DirectoryError>,
+}
+
+/// An initial SUBSCRIBE after sign-in, admission and load.
+#[derive(Debug)]
+struct Admitted {
     id: String,
     subscriber: String,
     request_id: u64,
-    granted: u32,
     first_version: u64,
-    result: Result<Arc<UserDoc>, DirectoryError>,
+    /// The sign-in outcome and digest user name, when credentials were verified.
+    auth: Option<(Label, Option<String>)>,
+    outcome: Admission,
+}
+
+#[derive(Debug)]
+enum Admission {
+    /// Admitted; the cache holds the user for this session.
+    Ready {
+        doc: Arc<UserDoc>,
+        granted: u32,
+        identity: Option<String>,
+    },
+    /// Refused by policy (or the per-user cap).
+    Rejected(Rejection),
+    /// Not signed in: challenge or throttle.
+    Auth(Outcome),
+    /// The directory failed.
+    Failed(DirectoryError),
 }
 
 /// The proxy went away; the session ends.
@@ -102,9 +163,12 @@ struct Session {
     ctx: Arc<Context>,
     out: mpsc::Sender<Result<ServerMessage, Status>>,
     registry: Registry,
-    /// Initial SUBSCRIBEs waiting for their first document, by subscription id.
+    /// Initial SUBSCRIBEs waiting for sign-in and their first document, by subscription id.
     pending: HashMap<String, u64>,
-    loads: JoinSet<Loaded>,
+    /// Subscriptions with a refresh whose credentials are being verified, and the refreshes
+    /// queued behind it (answered in order).
+    verifying: HashMap<String, VecDeque<v1::Refresh>>,
+    tasks: JoinSet<Done>,
     key: SessionKey,
     wake: Arc<SessionWake>,
 }
@@ -118,7 +182,8 @@ impl Session {
             out,
             registry: Registry::default(),
             pending: HashMap::new(),
-            loads: JoinSet::new(),
+            verifying: HashMap::new(),
+            tasks: JoinSet::new(),
             key,
             wake,
         }
@@ -139,10 +204,10 @@ impl Session {
                         break "session stream failed";
                     }
                 },
-                Some(done) = self.loads.join_next(), if !self.loads.is_empty() => match done {
-                    Ok(loaded) => self.on_loaded(loaded).await,
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
+                    Ok(done) => self.on_done(done).await,
                     Err(e) => {
-                        warn!(error = %e, "directory load task failed");
+                        warn!(error = %e, "session task failed");
                         Ok(())
                     }
                 },
@@ -162,6 +227,20 @@ impl Session {
         self.ctx.metrics.sessions.dec();
         self.ctx.cache.unregister_session(self.key);
         info!(reason = outcome, dropped, "proxy session closed");
+    }
+
+    async fn on_done(&mut self, done: Done) -> Result<(), PeerGone> {
+        match done {
+            Done::Subscribe(admitted) => self.on_admitted(admitted).await,
+            Done::Refresh(v) => {
+                let Verified {
+                    refresh,
+                    username,
+                    verdict,
+                } = *v;
+                self.on_refresh_verified(refresh, username, verdict).await
+            }
+        }
     }
 
     async fn on_message(&mut self, msg: ProxyMessage) -> Result<(), PeerGone> {
@@ -220,42 +299,183 @@ impl Session {
             accept: s.accept,
             expires: s.expires,
         };
-        let granted = match self.ctx.policy.admit(&req) {
-            Ok(g) => g,
-            Err(rejection) => return self.reject(&id, s.request_id, &rejection).await,
+        let step = match (&self.ctx.auth, credentials_from_proto(s.credentials)) {
+            (None, _) => AuthStep::Off,
+            (Some(_), Some(creds)) => AuthStep::Verify(creds),
+            (Some(_), None) if !s.flow_identity.is_empty() => AuthStep::Flow(s.flow_identity),
+            (Some(a), None) => {
+                let verdict = a.no_credentials();
+                self.count_auth(verdict.label);
+                debug!(
+                    subscription.id = %id,
+                    subscriber = %req.subscriber,
+                    auth.outcome = verdict.label.as_str(),
+                    "no credentials: challenged"
+                );
+                return self
+                    .send_auth_answer(&id, s.request_id, &verdict.outcome)
+                    .await;
+            }
         };
         self.pending.insert(id.clone(), s.request_id);
-        let cache = self.ctx.cache.clone();
-        let key = self.key;
-        let request_id = s.request_id;
         let first_version = s.resume_version.map_or(0, |v| v.saturating_add(1));
-        self.loads.spawn(async move {
-            let result = cache.attach(key, &req.subscriber).await;
-            Loaded {
+        let task = admit(self.ctx.clone(), self.key, req, step, s.client_address);
+        let request_id = s.request_id;
+        self.tasks.spawn(async move {
+            let (subscriber, auth, outcome) = task.await;
+            Done::Subscribe(Admitted {
                 id,
-                subscriber: req.subscriber,
+                subscriber,
                 request_id,
-                granted,
                 first_version,
-                result,
-            }
+                auth,
+                outcome,
+            })
         });
         Ok(())
     }
 
     async fn on_refresh(&mut self, r: v1::Refresh) -> Result<(), PeerGone> {
+        if let Some(queue) = self.verifying.get_mut(&r.subscription_id) {
+            if queue.len() >= MAX_QUEUED_REFRESHES {
+                let id = r.subscription_id;
+                return self
+                    .reject(&id, r.request_id, &Rejection::Unavailable)
+                    .await;
+            }
+            queue.push_back(r);
+            return Ok(());
+        }
+        self.start_refresh(r).await
+    }
+
+    /// A refresh with credentials is verified in a task (the subscription's later refreshes
+    /// queue behind it); one without is applied at once.
+    async fn start_refresh(&mut self, mut r: v1::Refresh) -> Result<(), PeerGone> {
+        let creds = if self.ctx.auth.is_some() && self.registry.contains(&r.subscription_id) {
+            credentials_from_proto(r.credentials.take())
+        } else {
+            None
+        };
+        let Some(creds) = creds else {
+            return self.apply_refresh(r).await;
+        };
+        self.verifying.entry(r.subscription_id.clone()).or_default();
+        let ctx = self.ctx.clone();
+        let username = digest_username(&creds);
+        self.tasks.spawn(async move {
+            let verdict = match ctx.auth.as_ref() {
+                // Refresh carries no client address: failures count per user only.
+                Some(a) => {
+                    a.authenticate(&creds, "", unix_now(), ctx.cache.directory())
+                        .await
+                }
+                None => Ok(Verdict {
+                    outcome: Outcome::Challenge { stale: false },
+                    label: Label::Failed,
+                }),
+            };
+            Done::Refresh(Box::new(Verified {
+                refresh: r,
+                username,
+                verdict,
+            }))
+        });
+        Ok(())
+    }
+
+    async fn on_refresh_verified(
+        &mut self,
+        r: v1::Refresh,
+        username: Option<String>,
+        verdict: Result<Verdict, DirectoryError>,
+    ) -> Result<(), PeerGone> {
+        let id = r.subscription_id.clone();
+        match verdict {
+            Err(e) => {
+                self.ctx.metrics.directory_errors.inc();
+                warn!(subscription.id = %id, error = %e, "credentials lookup failed");
+                self.reject(&id, r.request_id, &Rejection::Unavailable)
+                    .await?;
+            }
+            Ok(v) => {
+                self.count_auth(v.label);
+                let subscriber = self.registry.get(&id).map(|s| s.subscriber.clone());
+                info!(
+                    subscription.id = %id,
+                    subscriber = subscriber.as_deref().unwrap_or(""),
+                    username = username.as_deref().unwrap_or(""),
+                    auth.outcome = v.label.as_str(),
+                    "refresh sign-in"
+                );
+                match v.outcome {
+                    Outcome::Authenticated { identity } => {
+                        let bound = self.registry.get(&id).and_then(|s| s.identity.clone());
+                        match bound {
+                            Some(bound) if !same_aor(&bound, &identity) => {
+                                self.reject(
+                                    &id,
+                                    r.request_id,
+                                    &Rejection::Forbidden(
+                                        "signed in as another user than the subscription's",
+                                    ),
+                                )
+                                .await?;
+                            }
+                            _ => self.apply_refresh(r).await?,
+                        }
+                    }
+                    other => self.send_auth_answer(&id, r.request_id, &other).await?,
+                }
+            }
+        }
+        self.drain_refreshes(&id).await
+    }
+
+    /// Applies the refreshes queued behind a verified one, up to the next that needs
+    /// verifying.
+    async fn drain_refreshes(&mut self, id: &str) -> Result<(), PeerGone> {
+        loop {
+            let Some(queue) = self.verifying.get_mut(id) else {
+                return Ok(());
+            };
+            let Some(next) = queue.pop_front() else {
+                self.verifying.remove(id);
+                return Ok(());
+            };
+            let needs_verifying = self.ctx.auth.is_some()
+                && self.registry.contains(id)
+                && next.credentials.as_ref().is_some_and(|c| c.kind.is_some());
+            if needs_verifying {
+                return self.start_refresh(next).await;
+            }
+            self.apply_refresh(next).await?;
+        }
+    }
+
+    /// A refresh whose credentials (if any) are settled: new expiry, or the end.
+    async fn apply_refresh(&mut self, r: v1::Refresh) -> Result<(), PeerGone> {
         let id = r.subscription_id;
-        if !self.registry.contains(&id) {
+        let Some(identity) = self.registry.get(&id).map(|s| s.identity.clone()) else {
             return self
                 .reject(&id, r.request_id, &Rejection::NoSuchSubscription)
                 .await;
-        }
+        };
         let granted = match self.ctx.policy.grant(r.expires) {
             Ok(g) => g,
             Err(rejection) => return self.reject(&id, r.request_id, &rejection).await,
         };
-        self.send_answer(&id, r.request_id, AnswerStatus::Ok, granted, 0, "")
-            .await?;
+        self.send(server_message::Kind::Answer(self.answer(
+            &id,
+            r.request_id,
+            AnswerStatus::Ok,
+            Answer {
+                granted_expires: granted,
+                identity: identity.unwrap_or_default(),
+                ..Answer::default()
+            },
+        )))
+        .await?;
         if granted == 0 {
             // Unsubscribe (RFC 6665 §4.1.2.3): the final NOTIFY ends the subscription.
             if let Some(mut sub) = self.registry.remove(&id) {
@@ -273,19 +493,33 @@ impl Session {
         self.send_state(&id, true).await
     }
 
-    async fn on_loaded(&mut self, loaded: Loaded) -> Result<(), PeerGone> {
-        let Loaded {
+    async fn on_admitted(&mut self, admitted: Admitted) -> Result<(), PeerGone> {
+        let Admitted {
             id,
             subscriber,
             request_id,
-            granted,
             first_version,
-            result,
-        } = loaded;
+            auth,
+            outcome,
+        } = admitted;
         let still_wanted = self.pending.remove(&id).is_some();
-        let doc = match result {
-            Ok(doc) => doc,
-            Err(e) => {
+        if let Some((label, username)) = &auth {
+            self.count_auth(*label);
+            info!(
+                subscription.id = %id,
+                %subscriber,
+                username = username.as_deref().unwrap_or(""),
+                auth.outcome = label.as_str(),
+                "sign-in"
+            );
+        }
+        let (doc, granted, identity) = match outcome {
+            Admission::Ready {
+                doc,
+                granted,
+                identity,
+            } => (doc, granted, identity),
+            Admission::Failed(e) => {
                 self.ctx.metrics.directory_errors.inc();
                 warn!(subscription.id = %id, error = %e, "directory read failed");
                 if !still_wanted {
@@ -293,20 +527,35 @@ impl Session {
                 }
                 return self.reject(&id, request_id, &Rejection::Unavailable).await;
             }
+            _ if !still_wanted => return Ok(()),
+            Admission::Rejected(r) => return self.reject(&id, request_id, &r).await,
+            Admission::Auth(outcome) => {
+                return self.send_auth_answer(&id, request_id, &outcome).await;
+            }
         };
         if !still_wanted {
             self.ctx.cache.detach(self.key, &subscriber); // unsubscribed while loading
             return Ok(());
         }
         let now = Instant::now();
-        self.send_answer(&id, request_id, AnswerStatus::Ok, granted, 0, "")
-            .await?;
+        self.send(server_message::Kind::Answer(self.answer(
+            &id,
+            request_id,
+            AnswerStatus::Ok,
+            Answer {
+                granted_expires: granted,
+                identity: identity.clone().unwrap_or_default(),
+                ..Answer::default()
+            },
+        )))
+        .await?;
         info!(subscription.id = %id, %subscriber, granted, "subscription accepted");
         let mut sub = Subscription::new(
             subscriber.clone(),
             now + Duration::from_secs(granted.into()),
             first_version,
-        );
+        )
+        .with_identity(identity);
         if granted == 0 {
             // A fetch: one NOTIFY with the state, terminated at once.
             self.ctx.cache.detach(self.key, &subscriber);
@@ -488,21 +737,90 @@ impl Session {
         min_expires: u32,
         reason: &str,
     ) -> Result<(), PeerGone> {
+        let answer = self.answer(
+            id,
+            request_id,
+            status,
+            Answer {
+                granted_expires,
+                min_expires,
+                reason: reason.to_owned(),
+                ..Answer::default()
+            },
+        );
+        self.send(server_message::Kind::Answer(answer)).await
+    }
+
+    /// `fields` with the id, request id and status filled in; counted by status.
+    fn answer(&self, id: &str, request_id: u64, status: AnswerStatus, fields: Answer) -> Answer {
         self.ctx
             .metrics
             .answers
             .get_or_create(&crate::metrics::StatusLabel::new(status))
             .inc();
-        self.send(server_message::Kind::Answer(Answer {
+        Answer {
             subscription_id: id.to_owned(),
             request_id,
             status: status.into(),
-            granted_expires,
-            min_expires,
-            challenge: None,
-            reason: reason.to_owned(),
-        }))
-        .await
+            ..fields
+        }
+    }
+
+    /// The answer to a request that did not sign in: 401 with a fresh challenge, or 503
+    /// with Retry-After when throttled.
+    async fn send_auth_answer(
+        &mut self,
+        id: &str,
+        request_id: u64,
+        outcome: &Outcome,
+    ) -> Result<(), PeerGone> {
+        let answer = match (outcome, &self.ctx.auth) {
+            (Outcome::Challenge { stale }, Some(a)) => {
+                let c = a.challenge(*stale, unix_now());
+                self.answer(
+                    id,
+                    request_id,
+                    AnswerStatus::Unauthorized,
+                    Answer {
+                        challenge: Some(v1::Challenge {
+                            realm: c.realm,
+                            nonce: c.nonce,
+                            opaque: c.opaque,
+                            algorithms: c.algorithms.iter().map(|a| (*a).to_owned()).collect(),
+                            stale: c.stale,
+                        }),
+                        reason: "authentication required".into(),
+                        ..Answer::default()
+                    },
+                )
+            }
+            (Outcome::Throttled { retry_after }, _) => self.answer(
+                id,
+                request_id,
+                AnswerStatus::Unavailable,
+                Answer {
+                    retry_after: *retry_after,
+                    reason: "too many failed sign-ins".into(),
+                    ..Answer::default()
+                },
+            ),
+            // Not reached: only failures are answered here, and only with auth on.
+            _ => self.answer(
+                id,
+                request_id,
+                AnswerStatus::InternalError,
+                Answer::default(),
+            ),
+        };
+        self.send(server_message::Kind::Answer(answer)).await
+    }
+
+    fn count_auth(&self, label: Label) {
+        self.ctx
+            .metrics
+            .auth
+            .get_or_create(&AuthLabel::new(label))
+            .inc();
     }
 
     async fn send(&mut self, kind: server_message::Kind) -> Result<(), PeerGone> {
@@ -513,10 +831,465 @@ impl Session {
     }
 }
 
+/// Signs in (if asked to), admits and loads a new subscription; runs as a session task.
+/// Returns the subscriber, the sign-in label and user name, and the admission.
+async fn admit(
+    ctx: Arc<Context>,
+    key: SessionKey,
+    req: SubscribeRequest,
+    step: AuthStep,
+    client_address: String,
+) -> (String, Option<(Label, Option<String>)>, Admission) {
+    let mut auth = None;
+    let identity = match step {
+        AuthStep::Off => None,
+        AuthStep::Flow(identity) => Some(identity),
+        AuthStep::Verify(creds) => {
+            let Some(authenticator) = ctx.auth.as_ref() else {
+                return (
+                    req.subscriber,
+                    None,
+                    Admission::Rejected(Rejection::Unavailable),
+                );
+            };
+            let username = digest_username(&creds);
+            let verdict = authenticator
+                .authenticate(&creds, &client_address, unix_now(), ctx.cache.directory())
+                .await;
+            match verdict {
+                Ok(v) => {
+                    auth = Some((v.label, username));
+                    match v.outcome {
+                        Outcome::Authenticated { identity } => Some(identity),
+                        other => return (req.subscriber, auth, Admission::Auth(other)),
+                    }
+                }
+                Err(e) => return (req.subscriber, None, Admission::Failed(e)),
+            }
+        }
+    };
+    let granted = match ctx.policy.admit(&req, identity.as_deref()) {
+        Ok(g) => g,
+        Err(r) => return (req.subscriber, auth, Admission::Rejected(r)),
+    };
+    let outcome = match ctx
+        .cache
+        .attach_limited(key, &req.subscriber, ctx.max_subscriptions_per_user)
+        .await
+    {
+        Ok(doc) => Admission::Ready {
+            doc,
+            granted,
+            identity,
+        },
+        Err(AttachError::TooMany) => Admission::Rejected(Rejection::Forbidden(TOO_MANY)),
+        Err(AttachError::Directory(e)) => Admission::Failed(e),
+    };
+    (req.subscriber, auth, outcome)
+}
+
+/// The domain form of `conflist.v1.Credentials`; `None` when absent or empty.
+fn credentials_from_proto(c: Option<v1::Credentials>) -> Option<Credentials> {
+    match c?.kind? {
+        v1::credentials::Kind::Digest(d) => {
+            Some(Credentials::Digest(Box::new(digest::DigestCredentials {
+                username: d.username,
+                realm: d.realm,
+                nonce: d.nonce,
+                uri: d.uri,
+                response: d.response,
+                algorithm: d.algorithm,
+                qop: d.qop,
+                nc: d.nc,
+                cnonce: d.cnonce,
+                opaque: d.opaque,
+                method: d.method,
+            })))
+        }
+        v1::credentials::Kind::BearerToken(t) if !t.is_empty() => Some(Credentials::Bearer(t)),
+        v1::credentials::Kind::BearerToken(_) => None,
+    }
+}
+
+/// The digest user name, for logs (bearer tokens are never logged).
+fn digest_username(c: &Credentials) -> Option<String> {
+    match c {
+        Credentials::Digest(d) => Some(d.username.clone()),
+        Credentials::Bearer(_) => None,
+    }
+}
+
+/// Wall-clock unix seconds: nonces and tokens are stamped with it, so every instance agrees.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Sleeps until `deadline`, or forever when there is none.
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The session driven message by message (no sockets): sign-in, authorisation and the
+    //! answers they produce, over an in-memory SQLite directory with the demo data.
+
+    use super::*;
+    use crate::auth::AuthConfig;
+    use crate::directory::{Directory, NewCredentials};
+
+    const REALM: &str = "example.com";
+
+    async fn context(auth: bool, max_per_user: usize) -> Arc<Context> {
+        let directory = Directory::connect("sqlite::memory:", 1).await.unwrap();
+        directory.migrate().await.unwrap();
+        directory.load_demo_data().await.unwrap();
+        for (user, password) in [("alice", "wonderland"), ("bob", "builder")] {
+            let md5 = digest::ha1(digest::Algorithm::Md5, user, REALM, password);
+            let sha = digest::ha1(digest::Algorithm::Sha256, user, REALM, password);
+            directory
+                .set_credentials(&NewCredentials {
+                    username: user,
+                    realm: REALM,
+                    user_uri: &format!("sip:{user}@example.com"),
+                    ha1_md5: Some(&md5),
+                    ha1_sha256: Some(&sha),
+                })
+                .await
+                .unwrap();
+        }
+        let auth = auth.then(|| {
+            Authenticator::new(AuthConfig {
+                realm: REALM.into(),
+                sip_domain: "example.com".into(),
+                algorithms: crate::auth::DEFAULT_ALGORITHMS.to_vec(),
+                nonce_secret: b"test".to_vec(),
+                nonce_lifetime: Duration::from_secs(300),
+                max_failures: 3,
+                failure_window: Duration::from_secs(60),
+                bearer: None,
+            })
+        });
+        Arc::new(Context {
+            policy: Policy {
+                min_expires: 60,
+                default_expires: 3600,
+                max_expires: 7200,
+                sip_domain: "example.com".into(),
+            },
+            cache: Arc::new(Cache::new(directory)),
+            notify_policy: NotifyPolicy {
+                min_interval: Duration::ZERO,
+                full_only: false,
+            },
+            metrics: Metrics::default(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            auth,
+            max_subscriptions_per_user: max_per_user,
+        })
+    }
+
+    struct Harness {
+        session: Session,
+        rx: mpsc::Receiver<Result<ServerMessage, Status>>,
+        next_request: u64,
+    }
+
+    impl Harness {
+        async fn new(auth: bool) -> Self {
+            Self::with_limit(auth, 100).await
+        }
+
+        async fn with_limit(auth: bool, max_per_user: usize) -> Self {
+            let (tx, rx) = mpsc::channel(64);
+            Self {
+                session: Session::new(context(auth, max_per_user).await, tx),
+                rx,
+                next_request: 1,
+            }
+        }
+
+        /// Sends `kind`, runs the tasks it starts, and returns the Answer to it.
+        async fn ask(&mut self, kind: proxy_message::Kind) -> Answer {
+            self.session
+                .on_message(ProxyMessage { kind: Some(kind) })
+                .await
+                .unwrap();
+            while let Some(done) = self.session.tasks.join_next().await {
+                self.session.on_done(done.unwrap()).await.unwrap();
+            }
+            loop {
+                match self.rx.try_recv().unwrap().unwrap().kind {
+                    Some(server_message::Kind::Answer(a)) => return a,
+                    _ => continue,
+                }
+            }
+        }
+
+        async fn subscribe(
+            &mut self,
+            id: &str,
+            user: &str,
+            credentials: Option<v1::Credentials>,
+            flow_identity: &str,
+        ) -> Answer {
+            let request_id = self.request();
+            self.ask(proxy_message::Kind::Subscribe(v1::Subscribe {
+                subscription_id: id.into(),
+                request_id,
+                subscriber_uri: format!("sip:{user}@example.com"),
+                requester_uri: format!("sip:{user}@example.com"),
+                credentials,
+                event: "conference-list".into(),
+                accept: vec![],
+                expires: Some(600),
+                resume_version: None,
+                client_address: "192.0.2.1:5555".into(),
+                flow_identity: flow_identity.into(),
+            }))
+            .await
+        }
+
+        async fn refresh(&mut self, id: &str, credentials: Option<v1::Credentials>) -> Answer {
+            let request_id = self.request();
+            self.ask(proxy_message::Kind::Refresh(v1::Refresh {
+                subscription_id: id.into(),
+                request_id,
+                expires: Some(600),
+                credentials,
+            }))
+            .await
+        }
+
+        fn request(&mut self) -> u64 {
+            self.next_request += 1;
+            self.next_request
+        }
+    }
+
+    /// What a client answers to `challenge`, with MD5 (the last algorithm offered).
+    fn digest_for(
+        challenge: &v1::Challenge,
+        user: &str,
+        password: &str,
+        nc: u32,
+    ) -> v1::Credentials {
+        let mut d = digest::DigestCredentials {
+            username: user.into(),
+            realm: challenge.realm.clone(),
+            nonce: challenge.nonce.clone(),
+            uri: format!("sip:{user}@example.com"),
+            algorithm: challenge.algorithms.last().cloned().unwrap_or_default(),
+            qop: "auth".into(),
+            nc: format!("{nc:08x}"),
+            cnonce: "abcdef".into(),
+            opaque: challenge.opaque.clone(),
+            method: "SUBSCRIBE".into(),
+            ..Default::default()
+        };
+        let alg = digest::Algorithm::parse(&d.algorithm).unwrap();
+        d.response =
+            digest::expected_response(alg, &digest::ha1(alg, user, &d.realm, password), &d);
+        v1::Credentials {
+            kind: Some(v1::credentials::Kind::Digest(v1::DigestCredentials {
+                username: d.username,
+                realm: d.realm,
+                nonce: d.nonce,
+                uri: d.uri,
+                response: d.response,
+                algorithm: d.algorithm,
+                qop: d.qop,
+                nc: d.nc,
+                cnonce: d.cnonce,
+                opaque: d.opaque,
+                method: d.method,
+            })),
+        }
+    }
+
+    fn status(a: &Answer) -> AnswerStatus {
+        AnswerStatus::try_from(a.status).unwrap()
+    }
+
+    #[tokio::test]
+    async fn without_credentials_a_challenge_then_signed_in() {
+        let mut h = Harness::new(true).await;
+        let a = h.subscribe("s1", "alice", None, "").await;
+        assert_eq!(status(&a), AnswerStatus::Unauthorized);
+        let ch = a.challenge.unwrap();
+        assert_eq!(ch.realm, REALM);
+        assert_eq!(ch.algorithms, vec!["SHA-256", "MD5"]);
+        assert!(!ch.stale);
+
+        let creds = digest_for(&ch, "alice", "wonderland", 1);
+        let a = h.subscribe("s2", "alice", Some(creds), "").await;
+        assert_eq!(status(&a), AnswerStatus::Ok, "{a:?}");
+        assert_eq!(a.identity, "sip:alice@example.com");
+        assert_eq!(a.granted_expires, 600);
+    }
+
+    #[tokio::test]
+    async fn unknown_user_and_wrong_password_look_the_same() {
+        let mut h = Harness::new(true).await;
+        let ch = h
+            .subscribe("s0", "alice", None, "")
+            .await
+            .challenge
+            .unwrap();
+        let wrong = h
+            .subscribe(
+                "s1",
+                "alice",
+                Some(digest_for(&ch, "alice", "guess", 1)),
+                "",
+            )
+            .await;
+        let unknown = h
+            .subscribe("s2", "zed", Some(digest_for(&ch, "zed", "guess", 1)), "")
+            .await;
+        for a in [&wrong, &unknown] {
+            assert_eq!(status(a), AnswerStatus::Unauthorized);
+            assert_eq!(a.reason, "authentication required");
+        }
+        let (w, u) = (wrong.challenge.unwrap(), unknown.challenge.unwrap());
+        assert_eq!(
+            (&w.realm, &w.opaque, &w.algorithms, w.stale),
+            (&u.realm, &u.opaque, &u.algorithms, u.stale)
+        );
+        assert_ne!(w.nonce, u.nonce);
+    }
+
+    #[tokio::test]
+    async fn the_identity_must_be_the_subscriber() {
+        let mut h = Harness::new(true).await;
+        let ch = h
+            .subscribe("s0", "alice", None, "")
+            .await
+            .challenge
+            .unwrap();
+        // bob signs in correctly but asks for alice's list.
+        let a = h
+            .subscribe(
+                "s1",
+                "alice",
+                Some(digest_for(&ch, "bob", "builder", 1)),
+                "",
+            )
+            .await;
+        assert_eq!(status(&a), AnswerStatus::Forbidden);
+        // A flow identity vouched for by the proxy is trusted, and checked the same way.
+        let a = h
+            .subscribe("s2", "alice", None, "sip:alice@example.com")
+            .await;
+        assert_eq!(status(&a), AnswerStatus::Ok);
+        assert_eq!(a.identity, "sip:alice@example.com");
+        let a = h
+            .subscribe("s3", "alice", None, "sip:bob@example.com")
+            .await;
+        assert_eq!(status(&a), AnswerStatus::Forbidden);
+    }
+
+    #[tokio::test]
+    async fn authentication_off_keeps_the_from_rule() {
+        let mut h = Harness::new(false).await;
+        let a = h.subscribe("s1", "alice", None, "").await;
+        assert_eq!(status(&a), AnswerStatus::Ok);
+        assert_eq!(a.identity, "", "no identity without authentication");
+    }
+
+    #[tokio::test]
+    async fn refresh_credentials_are_verified_against_the_bound_identity() {
+        let mut h = Harness::new(true).await;
+        let a = h
+            .subscribe("s1", "alice", None, "sip:alice@example.com")
+            .await;
+        assert_eq!(status(&a), AnswerStatus::Ok);
+
+        let a = h.refresh("s1", None).await;
+        assert_eq!(
+            status(&a),
+            AnswerStatus::Ok,
+            "no credentials: the bound identity stands"
+        );
+        assert_eq!(a.identity, "sip:alice@example.com");
+
+        let ch = h
+            .subscribe("s0", "alice", None, "")
+            .await
+            .challenge
+            .unwrap();
+        let a = h
+            .refresh("s1", Some(digest_for(&ch, "alice", "guess", 1)))
+            .await;
+        assert_eq!(status(&a), AnswerStatus::Unauthorized);
+        assert!(a.challenge.is_some());
+        assert!(h.session.registry.contains("s1"), "the subscription stays");
+
+        let a = h
+            .refresh("s1", Some(digest_for(&ch, "bob", "builder", 1)))
+            .await;
+        assert_eq!(status(&a), AnswerStatus::Forbidden, "another user");
+
+        let a = h
+            .refresh("s1", Some(digest_for(&ch, "alice", "wonderland", 2)))
+            .await;
+        assert_eq!(status(&a), AnswerStatus::Ok);
+        assert!(h.session.verifying.is_empty());
+    }
+
+    #[tokio::test]
+    async fn repeated_failures_are_throttled_with_retry_after() {
+        let mut h = Harness::new(true).await;
+        let ch = h
+            .subscribe("s0", "alice", None, "")
+            .await
+            .challenge
+            .unwrap();
+        for nc in 1..=3 {
+            let id = format!("f{nc}");
+            let a = h
+                .subscribe(
+                    &id,
+                    "alice",
+                    Some(digest_for(&ch, "alice", "guess", nc)),
+                    "",
+                )
+                .await;
+            assert_eq!(status(&a), AnswerStatus::Unauthorized);
+        }
+        let a = h
+            .subscribe(
+                "s1",
+                "alice",
+                Some(digest_for(&ch, "alice", "wonderland", 4)),
+                "",
+            )
+            .await;
+        assert_eq!(status(&a), AnswerStatus::Unavailable);
+        assert!((1..=60).contains(&a.retry_after), "{}", a.retry_after);
+    }
+
+    #[tokio::test]
+    async fn subscriptions_per_user_are_capped() {
+        let mut h = Harness::with_limit(true, 2).await;
+        for id in ["s1", "s2"] {
+            let a = h
+                .subscribe(id, "alice", None, "sip:alice@example.com")
+                .await;
+            assert_eq!(status(&a), AnswerStatus::Ok);
+        }
+        let a = h
+            .subscribe("s3", "alice", None, "sip:alice@example.com")
+            .await;
+        assert_eq!(status(&a), AnswerStatus::Forbidden);
+        assert_eq!(a.reason, "too many subscriptions for this user");
+        let a = h.subscribe("s4", "bob", None, "sip:bob@example.com").await;
+        assert_eq!(status(&a), AnswerStatus::Ok, "per user");
     }
 }

@@ -69,6 +69,44 @@ struct Inner {
     generation: u64,
     /// Users to recompute in the next batch.
     recheck: HashSet<String>,
+    /// Attaches of uncached users still loading, per user (they count toward the limit).
+    loading: HashMap<String, usize>,
+}
+
+/// Why [`Cache::attach_limited`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The user already holds the most subscriptions allowed on this instance.
+    #[error("too many subscriptions for this user")]
+    TooMany,
+    /// The user's document could not be loaded.
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+}
+
+/// Undoes a `loading` count when an attach finishes or is dropped mid-load (its session
+/// ended), so the per-user count never leaks.
+struct Loading<'a> {
+    cache: &'a Cache,
+    user: &'a str,
+    armed: bool,
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            unload(&mut lock(&self.cache.inner), self.user);
+        }
+    }
+}
+
+fn unload(inner: &mut Inner, user: &str) {
+    if let Some(n) = inner.loading.get_mut(user) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            inner.loading.remove(user);
+        }
+    }
 }
 
 /// The cache.
@@ -126,19 +164,35 @@ impl Cache {
     }
 
     /// One more subscription of `session` needs `user`: the user's current document,
-    /// loaded from the database if not cached.
-    pub async fn attach(
+    /// loaded from the database if not cached. Refused when `user` already has `limit`
+    /// subscriptions on this instance (every session, loads in progress included).
+    pub async fn attach_limited(
         &self,
         session: SessionKey,
         user: &str,
-    ) -> Result<Arc<UserDoc>, DirectoryError> {
+        limit: usize,
+    ) -> Result<Arc<UserDoc>, AttachError> {
         let generation = {
             let mut inner = lock(&self.inner);
+            let held = inner
+                .users
+                .get(user)
+                .map_or(0, |e| e.sessions.values().sum::<usize>())
+                + inner.loading.get(user).copied().unwrap_or(0);
+            if held >= limit {
+                return Err(AttachError::TooMany);
+            }
             if let Some(e) = inner.users.get_mut(user) {
                 *e.sessions.entry(session).or_default() += 1;
                 return Ok(e.doc.clone());
             }
+            *inner.loading.entry(user.to_owned()).or_default() += 1;
             inner.generation
+        };
+        let mut loading = Loading {
+            cache: self,
+            user,
+            armed: true,
         };
         let loaded = self
             .directory
@@ -147,6 +201,9 @@ impl Cache {
             .remove(user)
             .unwrap_or_default();
         let mut inner = lock(&self.inner);
+        // Counted as held from here on, in the same critical section.
+        loading.armed = false;
+        unload(&mut inner, user);
         if let Some(e) = inner.users.get_mut(user) {
             // Another session loaded it meanwhile; theirs is as fresh as ours.
             *e.sessions.entry(session).or_default() += 1;
@@ -365,4 +422,38 @@ fn remove_user(inner: &mut Inner, user: &str) {
 /// Locks a mutex; critical sections here are short and never span an await.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn subscriptions_per_user_are_limited_across_sessions() {
+        let directory = Directory::connect("sqlite::memory:", 1).await.unwrap();
+        directory.migrate().await.unwrap();
+        let cache = Cache::new(directory);
+        let (s1, _w1) = cache.register_session();
+        let (s2, _w2) = cache.register_session();
+        let alice = "sip:alice@example.com";
+        cache.attach_limited(s1, alice, 2).await.unwrap();
+        cache.attach_limited(s2, alice, 2).await.unwrap();
+        assert!(matches!(
+            cache.attach_limited(s1, alice, 2).await,
+            Err(AttachError::TooMany)
+        ));
+        assert!(
+            cache
+                .attach_limited(s1, "sip:bob@example.com", 2)
+                .await
+                .is_ok(),
+            "per user"
+        );
+        cache.detach(s2, alice);
+        assert!(
+            cache.attach_limited(s1, alice, 2).await.is_ok(),
+            "room again"
+        );
+        assert!(lock(&cache.inner).loading.is_empty());
+    }
 }

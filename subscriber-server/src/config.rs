@@ -1,11 +1,37 @@
 //! Command line and environment configuration (every flag has a `CONFLIST_…` variable).
 
-use clap::{Parser, Subcommand};
+use crate::auth::{self, AuthConfig, bearer, digest::Algorithm};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 /// Default embedded database: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:conflist-demo.db";
+/// Default `--auth-algorithms`: challenge order, MD5 last (see [`auth::DEFAULT_ALGORITHMS`]).
+pub const DEFAULT_AUTH_ALGORITHMS: &str = "SHA-256,MD5";
+/// Default `--nonce-lifetime`.
+pub const DEFAULT_NONCE_LIFETIME: &str = "300s";
+/// Default `--auth-max-failures`.
+pub const DEFAULT_AUTH_MAX_FAILURES: u32 = auth::throttle::DEFAULT_MAX_FAILURES;
+/// Default `--auth-failure-window`.
+pub const DEFAULT_AUTH_FAILURE_WINDOW: &str = "60s";
+/// Default `--jwt-leeway`.
+pub const DEFAULT_JWT_LEEWAY: &str = "30s";
+/// Default `--max-subscriptions-per-user`.
+pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_USER: usize = 100;
+/// Longest password `user set-password` reads.
+const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// Whether SUBSCRIBEs must sign in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Digest or bearer credentials required (or a flow identity vouched for by the proxy).
+    On,
+    /// No sign-in: the From address must be the subscriber (development only).
+    Off,
+}
 
 /// conflist subscriber-server: the notifier of the conference-list event package.
 #[derive(Debug, Clone, Parser)]
@@ -69,6 +95,65 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(long, env = "CONFLIST_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Sign-in for SUBSCRIBE: on (digest or bearer) or off (From must be the subscriber).
+    #[arg(long, env = "CONFLIST_AUTH", value_enum, default_value = "on")]
+    pub auth: AuthMode,
+    /// Digest realm; default: the --sip-domain.
+    #[arg(long, env = "CONFLIST_AUTH_REALM")]
+    pub auth_realm: Option<String>,
+    /// Digest algorithms offered, in challenge order (keep MD5 last for JsSIP/SIP.js).
+    #[arg(long, env = "CONFLIST_AUTH_ALGORITHMS", value_delimiter = ',', default_value = DEFAULT_AUTH_ALGORITHMS)]
+    pub auth_algorithms: Vec<Algorithm>,
+    /// File holding the nonce MAC key, the same on every instance. Unset: a random key per
+    /// process, so nonces verify only on the instance that issued them.
+    #[arg(long, env = "CONFLIST_AUTH_SECRET_FILE")]
+    pub auth_secret_file: Option<PathBuf>,
+    /// How long a digest nonce stays fresh (an expired one with a right response → stale).
+    #[arg(long, env = "CONFLIST_NONCE_LIFETIME", default_value = DEFAULT_NONCE_LIFETIME, value_parser = humantime::parse_duration)]
+    pub nonce_lifetime: Duration,
+    /// Failed sign-ins allowed per user and per client address in --auth-failure-window.
+    #[arg(long, env = "CONFLIST_AUTH_MAX_FAILURES", default_value_t = DEFAULT_AUTH_MAX_FAILURES)]
+    pub auth_max_failures: u32,
+    /// The window of --auth-max-failures; beyond it, 503 with Retry-After until it ends.
+    #[arg(long, env = "CONFLIST_AUTH_FAILURE_WINDOW", default_value = DEFAULT_AUTH_FAILURE_WINDOW, value_parser = humantime::parse_duration)]
+    pub auth_failure_window: Duration,
+    /// Bearer tokens: HS256 shared-secret file (also signs `token issue`).
+    #[arg(long, env = "CONFLIST_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Bearer tokens: a PEM public key file (RSA → RS*/PS*, EC → ES256/ES384, Ed25519 → EdDSA).
+    #[arg(long, env = "CONFLIST_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Bearer tokens: a JWKS file; the key is chosen by the token's `kid`.
+    #[arg(long, env = "CONFLIST_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// Bearer tokens: required `iss`.
+    #[arg(long, env = "CONFLIST_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Bearer tokens: required member of `aud` (unset: `aud` is not checked).
+    #[arg(long, env = "CONFLIST_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Bearer tokens: the claim naming the user (`sip:…` as is, `alice` → sip:alice@SIP-DOMAIN).
+    #[arg(long, env = "CONFLIST_JWT_USER_CLAIM", default_value = bearer::DEFAULT_USER_CLAIM)]
+    pub jwt_user_claim: String,
+    /// Bearer tokens: clock-skew allowance on exp and nbf.
+    #[arg(long, env = "CONFLIST_JWT_LEEWAY", default_value = DEFAULT_JWT_LEEWAY, value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+    /// Most live subscriptions per user on this instance; beyond → 403.
+    #[arg(long, env = "CONFLIST_MAX_SUBSCRIPTIONS_PER_USER", default_value_t = DEFAULT_MAX_SUBSCRIPTIONS_PER_USER)]
+    pub max_subscriptions_per_user: usize,
+    /// File holding a secret every gRPC Session call must carry as
+    /// `authorization: Bearer <secret>` (the proxy's --server-secret-file).
+    #[arg(long, env = "CONFLIST_GRPC_SECRET_FILE")]
+    pub grpc_secret_file: Option<PathBuf>,
+    /// Serve gRPC over TLS with this PEM certificate chain (needs --grpc-tls-key).
+    #[arg(long, env = "CONFLIST_GRPC_TLS_CERT")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --grpc-tls-cert.
+    #[arg(long, env = "CONFLIST_GRPC_TLS_KEY")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// Require proxy client certificates signed by this PEM CA (mutual TLS; needs TLS).
+    #[arg(long, env = "CONFLIST_GRPC_CLIENT_CA")]
+    pub grpc_client_ca: Option<PathBuf>,
     /// A one-off database task instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -80,6 +165,48 @@ pub enum Command {
     /// Database administration.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Digest credentials in the directory.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `conflist-server user …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum UserCommand {
+    /// Read a password from standard input (first line) and store its HA1s (MD5 and
+    /// SHA-256, realm --auth-realm) for sip:USERNAME@SIP-DOMAIN.
+    SetPassword {
+        /// The digest user name, e.g. alice.
+        username: String,
+    },
+}
+
+/// `conflist-server token …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Print an HS256 JWT for USER signed with --jwt-secret-file (sub, iat, exp, and
+    /// iss/aud when --jwt-issuer/--jwt-audience are set).
+    Issue {
+        /// `sub`: a user name (alice) or an address of record (sip:alice@example.com).
+        user: String,
+        /// Lifetime of the token.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+/// Secrets and keys read from files at startup (after [`Config::validate`], before binding).
+#[derive(Debug)]
+pub struct Secrets {
+    /// The authenticator's settings; `None` with `--auth off`.
+    pub auth: Option<AuthConfig>,
+    /// The proxy hop's shared secret.
+    pub grpc_secret: Option<Vec<u8>>,
+    /// TLS for the gRPC listener.
+    pub grpc_tls: Option<ServerTlsConfig>,
 }
 
 /// `conflist-server db …`
@@ -123,8 +250,232 @@ impl Config {
         if self.sip_domain.trim().is_empty() {
             return Err("--sip-domain must not be empty".into());
         }
+        self.validate_auth()?;
+        match &self.command {
+            Some(Command::User(UserCommand::SetPassword { username })) => {
+                validate_username(username)?;
+            }
+            Some(Command::Token(TokenCommand::Issue { user, ttl })) => {
+                if self.jwt_secret_file.is_none() {
+                    return Err("token issue needs --jwt-secret-file".into());
+                }
+                if user.trim().is_empty() {
+                    return Err("token issue: the user must not be empty".into());
+                }
+                if ttl.as_secs() == 0 {
+                    return Err("token issue: --ttl must be at least 1s".into());
+                }
+            }
+            _ => {}
+        }
         Ok(())
     }
+
+    fn validate_auth(&self) -> Result<(), String> {
+        let realm = self.realm();
+        if realm.trim().is_empty()
+            || realm.contains(['"', '\\'])
+            || realm.chars().any(char::is_control)
+        {
+            return Err(
+                "--auth-realm must be non-empty, without quotes, backslashes or control characters"
+                    .into(),
+            );
+        }
+        if self.auth_algorithms.is_empty() {
+            return Err("--auth-algorithms must name at least one algorithm".into());
+        }
+        for (i, a) in self.auth_algorithms.iter().enumerate() {
+            if self.auth_algorithms[..i].contains(a) {
+                return Err(format!("--auth-algorithms names {a} twice"));
+            }
+        }
+        if self.nonce_lifetime.as_secs() == 0 {
+            return Err("--nonce-lifetime must be at least 1s".into());
+        }
+        if self.auth_max_failures == 0 {
+            return Err("--auth-max-failures must be at least 1".into());
+        }
+        if self.auth_failure_window.as_secs() == 0 {
+            return Err("--auth-failure-window must be at least 1s".into());
+        }
+        let key_sources = [
+            &self.jwt_secret_file,
+            &self.jwt_public_key_file,
+            &self.jwt_jwks_file,
+        ];
+        if key_sources.iter().filter(|k| k.is_some()).count() > 1 {
+            return Err(
+                "choose one of --jwt-secret-file, --jwt-public-key-file, --jwt-jwks-file".into(),
+            );
+        }
+        if self.jwt_user_claim.trim().is_empty() {
+            return Err("--jwt-user-claim must not be empty".into());
+        }
+        if self.max_subscriptions_per_user == 0 {
+            return Err("--max-subscriptions-per-user must be at least 1".into());
+        }
+        match (&self.grpc_tls_cert, &self.grpc_tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err("--grpc-tls-cert and --grpc-tls-key go together".into());
+            }
+            (None, None) if self.grpc_client_ca.is_some() => {
+                return Err("--grpc-client-ca needs --grpc-tls-cert and --grpc-tls-key".into());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The digest realm: --auth-realm, else the SIP domain.
+    pub fn realm(&self) -> &str {
+        self.auth_realm.as_deref().unwrap_or(&self.sip_domain)
+    }
+
+    /// Reads the secret and key files for serving. Errors name the flag and file, never
+    /// their content; they are printed before exit code 64.
+    pub fn load_secrets(&self) -> Result<Secrets, String> {
+        let grpc_secret = self
+            .grpc_secret_file
+            .as_deref()
+            .map(|p| read_secret("--grpc-secret-file", p))
+            .transpose()?;
+        let grpc_tls = match (&self.grpc_tls_cert, &self.grpc_tls_key) {
+            (Some(cert), Some(key)) => {
+                let cert = read_file("--grpc-tls-cert", cert)?;
+                let key = read_file("--grpc-tls-key", key)?;
+                let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+                if let Some(ca) = &self.grpc_client_ca {
+                    tls = tls
+                        .client_ca_root(Certificate::from_pem(read_file("--grpc-client-ca", ca)?));
+                }
+                // Building the acceptor parses the PEMs: bad files fail here, before binding.
+                tonic::transport::Server::builder()
+                    .tls_config(tls.clone())
+                    .map_err(|e| format!("gRPC TLS files unusable: {e}"))?;
+                Some(tls)
+            }
+            _ => None,
+        };
+        let auth = match self.auth {
+            AuthMode::Off => None,
+            AuthMode::On => Some(self.auth_config()?),
+        };
+        Ok(Secrets {
+            auth,
+            grpc_secret,
+            grpc_tls,
+        })
+    }
+
+    fn auth_config(&self) -> Result<AuthConfig, String> {
+        let nonce_secret = match &self.auth_secret_file {
+            Some(p) => read_secret("--auth-secret-file", p)?,
+            None => {
+                tracing::warn!(
+                    "no --auth-secret-file: using a random nonce key, so digest nonces verify \
+                     only on this instance"
+                );
+                let mut key = vec![0u8; 32];
+                rand::fill(&mut key[..]);
+                key
+            }
+        };
+        let policy = bearer::BearerPolicy {
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            user_claim: self.jwt_user_claim.trim().to_owned(),
+            leeway: self.jwt_leeway.as_secs(),
+            sip_domain: self.sip_domain.clone(),
+        };
+        let bearer = if let Some(p) = &self.jwt_secret_file {
+            let secret = read_secret("--jwt-secret-file", p)?;
+            Some(
+                bearer::BearerVerifier::hs256(&secret, policy)
+                    .map_err(|e| format!("--jwt-secret-file: {e}"))?,
+            )
+        } else if let Some(p) = &self.jwt_public_key_file {
+            let pem = read_file("--jwt-public-key-file", p)?;
+            Some(
+                bearer::BearerVerifier::public_key_pem(&pem, policy)
+                    .map_err(|e| format!("--jwt-public-key-file {}: {e}", p.display()))?,
+            )
+        } else if let Some(p) = &self.jwt_jwks_file {
+            let json = read_file("--jwt-jwks-file", p)?;
+            Some(
+                bearer::BearerVerifier::jwks(&json, policy)
+                    .map_err(|e| format!("--jwt-jwks-file {}: {e}", p.display()))?,
+            )
+        } else {
+            None
+        };
+        Ok(AuthConfig {
+            realm: self.realm().to_owned(),
+            sip_domain: self.sip_domain.clone(),
+            algorithms: self.auth_algorithms.clone(),
+            nonce_secret,
+            nonce_lifetime: self.nonce_lifetime,
+            max_failures: self.auth_max_failures,
+            failure_window: self.auth_failure_window,
+            bearer,
+        })
+    }
+
+    /// The HS256 secret of `token issue`.
+    pub fn jwt_secret(&self) -> Result<Vec<u8>, String> {
+        match &self.jwt_secret_file {
+            Some(p) => read_secret("--jwt-secret-file", p),
+            None => Err("--jwt-secret-file is not set".into()),
+        }
+    }
+}
+
+/// A user name `user set-password` accepts: it becomes `sip:<name>@<domain>` and part of
+/// HA1's `username:realm:password`, so no `@`, `:`, quotes, spaces or control characters.
+pub fn validate_username(username: &str) -> Result<(), String> {
+    if username.is_empty()
+        || username.len() > 256
+        || username.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '@' | ':' | '"' | '\\' | '<' | '>')
+        })
+    {
+        return Err(format!(
+            "invalid user name {username:?}: 1-256 characters, none of @ : \" \\ < > or spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// The first line of `input` as a password: trailing CR/LF stripped, empty refused.
+pub fn password_from_input(input: &[u8]) -> Result<String, String> {
+    if input.len() > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "the password is longer than {MAX_PASSWORD_BYTES} bytes"
+        ));
+    }
+    let text = std::str::from_utf8(input).map_err(|_| "the password is not UTF-8".to_owned())?;
+    let line = text.split('\n').next().unwrap_or("").trim_end_matches('\r');
+    if line.is_empty() {
+        return Err("empty password (write it on the first line of standard input)".into());
+    }
+    Ok(line.to_owned())
+}
+
+/// Reads `path` for `flag`.
+fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+/// Reads a secret: trailing newlines trimmed, empty refused.
+fn read_secret(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
+    let mut bytes = read_file(flag, path)?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err(format!("{flag} {}: the file is empty", path.display()));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -137,6 +488,106 @@ mod tests {
         assert!(c.validate().is_ok());
         c.min_expires = 4000;
         assert!(c.validate().unwrap_err().contains("min <= default <= max"));
+    }
+
+    #[test]
+    fn auth_defaults() {
+        let c = Config::parse_from(["conflist-server"]);
+        assert_eq!(c.auth, AuthMode::On);
+        assert_eq!(c.realm(), "example.com");
+        assert_eq!(c.auth_algorithms, vec![Algorithm::Sha256, Algorithm::Md5]);
+        assert_eq!(c.nonce_lifetime, Duration::from_secs(300));
+        assert_eq!(c.auth_max_failures, 10);
+        assert_eq!(c.auth_failure_window, Duration::from_secs(60));
+        assert_eq!(c.jwt_user_claim, "sub");
+        assert_eq!(c.jwt_leeway, Duration::from_secs(30));
+        assert_eq!(c.max_subscriptions_per_user, 100);
+        let c = Config::parse_from([
+            "x",
+            "--auth-realm",
+            "conf.example.com",
+            "--auth-algorithms",
+            "md5",
+        ]);
+        assert_eq!(c.realm(), "conf.example.com");
+        assert_eq!(c.auth_algorithms, vec![Algorithm::Md5]);
+        assert!(Config::try_parse_from(["x", "--auth-algorithms", "SHA-1"]).is_err());
+        assert!(Config::try_parse_from(["x", "--auth", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn rejects_inconsistent_auth_and_tls_flags() {
+        let bad: &[&[&str]] = &[
+            &["x", "--auth-algorithms", "MD5,md5"],
+            &["x", "--nonce-lifetime", "0s"],
+            &["x", "--auth-max-failures", "0"],
+            &["x", "--jwt-secret-file", "a", "--jwt-jwks-file", "b"],
+            &["x", "--grpc-tls-cert", "c.pem"],
+            &["x", "--grpc-client-ca", "ca.pem"],
+            &["x", "--max-subscriptions-per-user", "0"],
+            &["x", "--auth-realm", "a\"b"],
+            &["x", "token", "issue", "alice"],
+            &["x", "user", "set-password", "al ice"],
+            &["x", "user", "set-password", "alice@example.com"],
+        ];
+        for args in bad {
+            let c = Config::parse_from(*args);
+            assert!(c.validate().is_err(), "{args:?}");
+        }
+        let c = Config::parse_from([
+            "x",
+            "--jwt-secret-file",
+            "s",
+            "token",
+            "issue",
+            "alice",
+            "--ttl",
+            "10m",
+        ]);
+        assert!(c.validate().is_ok());
+        assert!(matches!(
+            c.command,
+            Some(Command::Token(TokenCommand::Issue { ttl, .. })) if ttl == Duration::from_secs(600)
+        ));
+    }
+
+    #[test]
+    fn secrets_are_read_trimmed_and_must_not_be_empty() {
+        let dir = std::env::temp_dir().join(format!("conflist-config-{:x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cret\r\n").unwrap();
+        assert_eq!(read_secret("--x", &secret).unwrap(), b"s3cret");
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        assert!(read_secret("--x", &empty).unwrap_err().contains("empty"));
+        assert!(read_secret("--x", &dir.join("missing")).is_err());
+
+        let c = Config::parse_from([
+            "x".as_ref(),
+            "--grpc-secret-file".as_ref(),
+            secret.as_os_str(),
+            "--auth-secret-file".as_ref(),
+            secret.as_os_str(),
+        ]);
+        let s = c.load_secrets().unwrap();
+        assert_eq!(s.grpc_secret.as_deref(), Some(&b"s3cret"[..]));
+        assert_eq!(s.auth.unwrap().nonce_secret, b"s3cret");
+        let off = Config::parse_from(["x", "--auth", "off"]);
+        assert!(off.load_secrets().unwrap().auth.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn passwords_come_from_the_first_line() {
+        assert_eq!(
+            password_from_input(b"Circle Of Life\n").unwrap(),
+            "Circle Of Life"
+        );
+        assert_eq!(password_from_input(b"pw\r\nignored\n").unwrap(), "pw");
+        assert_eq!(password_from_input(b"no newline").unwrap(), "no newline");
+        assert!(password_from_input(b"\n").is_err());
+        assert!(password_from_input(b"").is_err());
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! Layout:
 //! - [`config`]: flags and environment.
 //! - [`api`]: the tonic service; proto ⇄ domain conversion, one task per session.
+//! - [`auth`]: sign-in: digest (RFC 8760) and bearer (RFC 8898) credentials, stateless
+//!   nonces, failure throttling, and the proxy hop's shared secret.
 //! - [`subscription`]: sans-IO admission policy, per-session registry (versions, expiry,
 //!   delivery and rate state) and the full/partial decision.
 //! - [`cache`]: per-user documents shared by all sessions; recomputes changed users.
@@ -15,6 +17,7 @@
 //! - [`metrics`]: the counters and gauges behind `/metrics` (served by `conflist-service`).
 
 pub mod api;
+pub mod auth;
 pub mod cache;
 pub mod changes;
 pub mod config;
@@ -36,6 +39,19 @@ pub use config::Config;
 /// Runs the server until `shutdown` resolves, then terminates every subscription with
 /// `reason=deactivated` and waits up to the grace period for sessions to finish.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let secrets = config
+        .load_secrets()
+        .map_err(|e| anyhow::anyhow!("read secrets: {e}"))?;
+    run_with(config, secrets, shutdown).await
+}
+
+/// [`run`] with the secrets and keys already read (`main` reads them first so that bad
+/// files exit with code 64).
+pub async fn run_with(
+    config: Config,
+    secrets: config::Secrets,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let directory = directory::Directory::connect(&config.database_url, config.db_max_connections)
         .await
         .context("connect to the database")?;
@@ -76,10 +92,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             min_interval: config.min_notify_interval,
             full_only: config.full_documents,
         },
-        metrics,
+        metrics: metrics.clone(),
         shutdown: token.clone(),
         tracker: tracker.clone(),
+        auth: secrets.auth.map(auth::Authenticator::new),
+        max_subscriptions_per_user: config.max_subscriptions_per_user,
     });
+    if ctx.auth.is_none() {
+        warn!("--auth off: subscribers are not authenticated (the From address is trusted)");
+    }
 
     let grpc = TcpListener::bind(config.grpc_listen)
         .await
@@ -89,7 +110,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("bind admin listener {}", config.admin_listen))?;
     let grpc_addr = grpc.local_addr()?;
     let admin_addr = admin.local_addr()?;
-    info!(grpc.addr = %grpc_addr, admin.addr = %admin_addr, "conflist-server listening");
+    info!(
+        grpc.addr = %grpc_addr,
+        admin.addr = %admin_addr,
+        grpc.tls = secrets.grpc_tls.is_some(),
+        grpc.secret = secrets.grpc_secret.is_some(),
+        "conflist-server listening"
+    );
     // A stable line on stdout for supervisors and the test harness.
     println!("READY grpc={grpc_addr} admin={admin_addr}");
 
@@ -100,12 +127,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let service = proto::v1::subscription_service_server::SubscriptionServiceServer::new(
         api::SessionService::new(ctx),
     );
+    // With a proxy secret, every Session call must present it (the health service stays open).
+    let (plain, guarded) = match &secrets.grpc_secret {
+        Some(secret) => (
+            None,
+            Some(tonic::service::interceptor::InterceptedService::new(
+                service,
+                auth::proxy::ProxySecret::new(secret, metrics.proxy_rejected.clone()),
+            )),
+        ),
+        None => (Some(service), None),
+    };
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)));
+    if let Some(tls) = secrets.grpc_tls {
+        builder = builder.tls_config(tls).context("configure gRPC TLS")?;
+    }
     let grpc_token = token.clone();
     let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        builder
             .add_service(health_service)
-            .add_service(service)
+            .add_optional_service(plain)
+            .add_optional_service(guarded)
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
                 grpc_token.cancelled().await;
             }),
@@ -182,5 +225,89 @@ pub async fn run_db_command(config: &Config, command: &config::DbCommand) -> any
         }
     }
     directory.close().await;
+    Ok(())
+}
+
+/// Runs a one-off `user` command.
+pub async fn run_user_command(
+    config: &Config,
+    command: &config::UserCommand,
+) -> anyhow::Result<()> {
+    match command {
+        config::UserCommand::SetPassword { username } => {
+            // Standard input is read on a blocking thread (tokio's stdin is not enabled).
+            let input = tokio::task::spawn_blocking(|| {
+                use std::io::Read as _;
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .lock()
+                    .take(4096)
+                    .read_to_end(&mut buf)
+                    .map(|_| buf)
+            })
+            .await
+            .context("read the password")?
+            .context("read the password from standard input")?;
+            let first_line = input.split(|b| *b == b'\n').next().unwrap_or(&[]);
+            let password = config::password_from_input(first_line)
+                .map_err(|e| anyhow::anyhow!("read the password: {e}"))?;
+            let realm = config.realm();
+            let user_uri = format!("sip:{username}@{}", config.sip_domain);
+            let md5 = auth::digest::ha1(auth::digest::Algorithm::Md5, username, realm, &password);
+            let sha256 =
+                auth::digest::ha1(auth::digest::Algorithm::Sha256, username, realm, &password);
+            let directory = directory::Directory::connect(&config.database_url, 2)
+                .await
+                .context("connect to the database")?;
+            let written = directory
+                .set_credentials(&directory::NewCredentials {
+                    username,
+                    realm,
+                    user_uri: &user_uri,
+                    ha1_md5: Some(&md5),
+                    ha1_sha256: Some(&sha256),
+                })
+                .await;
+            directory.close().await;
+            match written {
+                Ok(()) => {}
+                Err(directory::DirectoryError::Database(e))
+                    if directory::credentials::is_missing_relation(&e) =>
+                {
+                    anyhow::bail!(
+                        "store the password: relation conflist_credentials does not exist \
+                         (run `conflist-server db migrate`)"
+                    );
+                }
+                Err(e) => return Err(e).context("store the password"),
+            }
+            println!("password set for {username} ({user_uri}, realm {realm})");
+        }
+    }
+    Ok(())
+}
+
+/// Runs a one-off `token` command.
+pub fn run_token_command(config: &Config, command: &config::TokenCommand) -> anyhow::Result<()> {
+    match command {
+        config::TokenCommand::Issue { user, ttl } => {
+            let secret = config.jwt_secret().map_err(anyhow::Error::msg)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let token = auth::bearer::issue_hs256(
+                &secret,
+                &auth::bearer::TokenRequest {
+                    subject: user,
+                    now,
+                    ttl: *ttl,
+                    issuer: config.jwt_issuer.as_deref(),
+                    audience: config.jwt_audience.as_deref(),
+                },
+            )
+            .context("sign the token")?;
+            println!("{token}");
+        }
+    }
     Ok(())
 }

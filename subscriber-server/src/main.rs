@@ -1,4 +1,5 @@
-//! `conflist-server`: parse config, set up logging, serve until SIGINT/SIGTERM.
+//! `conflist-server`: parse config, set up logging, read secrets, serve until SIGINT/SIGTERM
+//! (or run a one-off `db`, `user` or `token` command).
 
 use clap::Parser;
 use conflist_server::{Config, config::Command};
@@ -6,7 +7,15 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = match Config::try_parse() {
+        Ok(c) => c,
+        // --help and --version are not errors.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(64);
+        }
+    };
     if let Err(msg) = config.validate() {
         eprintln!("conflist-server: invalid configuration: {msg}");
         return ExitCode::from(64);
@@ -14,7 +23,20 @@ async fn main() -> ExitCode {
     conflist_service::init_tracing(&config.log_format);
     let result = match &config.command {
         Some(Command::Db(db)) => conflist_server::run_db_command(&config, db).await,
-        None => conflist_server::run(config.clone(), conflist_service::shutdown_signal()).await,
+        Some(Command::User(user)) => conflist_server::run_user_command(&config, user).await,
+        Some(Command::Token(token)) => conflist_server::run_token_command(&config, token),
+        None => {
+            // Secret and key files are read before anything binds; unusable ones exit 64.
+            let secrets = match config.load_secrets() {
+                Ok(s) => s,
+                Err(msg) => {
+                    eprintln!("conflist-server: invalid configuration: {msg}");
+                    return ExitCode::from(64);
+                }
+            };
+            conflist_server::run_with(config.clone(), secrets, conflist_service::shutdown_signal())
+                .await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

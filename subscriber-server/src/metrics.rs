@@ -1,5 +1,5 @@
 //! The server's Prometheus metrics: one struct, registered under the `conflist_server` prefix.
-//! Labels are bounded (answer status names only; never users or ids).
+//! Labels are bounded (answer status names and sign-in outcomes only; never users or ids).
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
@@ -46,6 +46,39 @@ impl StatusLabel {
     }
 }
 
+/// Label of the sign-in counter (`conflist_server_auth_total{outcome}`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabel {
+    outcome: AuthValue,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, reason = "label values are printed as written")]
+enum AuthValue {
+    ok,
+    challenged,
+    failed,
+    stale,
+    throttled,
+    replayed,
+}
+
+impl AuthLabel {
+    /// The label for a sign-in outcome.
+    pub fn new(label: crate::auth::Label) -> Self {
+        use crate::auth::Label;
+        let outcome = match label {
+            Label::Ok => AuthValue::ok,
+            Label::Challenged => AuthValue::challenged,
+            Label::Failed => AuthValue::failed,
+            Label::Stale => AuthValue::stale,
+            Label::Throttled => AuthValue::throttled,
+            Label::Replayed => AuthValue::replayed,
+        };
+        Self { outcome }
+    }
+}
+
 /// Every metric the server exports.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
@@ -69,6 +102,10 @@ pub struct Metrics {
     pub change_errors: Counter,
     /// Full recomputations after the log could not be read for too long.
     pub resyncs: Counter,
+    /// Sign-in attempts, by outcome.
+    pub auth: Family<AuthLabel, Counter>,
+    /// gRPC calls refused for lacking the proxy secret.
+    pub proxy_rejected: Counter,
 }
 
 impl Metrics {
@@ -122,6 +159,41 @@ impl Metrics {
             "Recomputations of every cached user",
             m.resyncs.clone(),
         );
+        r.register(
+            "auth",
+            "Sign-in attempts, by outcome (ok, challenged, failed, stale, throttled, replayed)",
+            m.auth.clone(),
+        );
+        r.register(
+            "proxy_rejected",
+            "gRPC calls refused because they lacked the proxy secret",
+            m.proxy_rejected.clone(),
+        );
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn auth_outcomes_are_exported_with_bounded_labels() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.auth
+            .get_or_create(&AuthLabel::new(crate::auth::Label::Stale))
+            .inc();
+        let mut out = String::new();
+        encode(&mut out, &registry).unwrap();
+        assert!(
+            out.contains("conflist_server_auth_total{outcome=\"stale\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("conflist_server_proxy_rejected_total 0"),
+            "{out}"
+        );
     }
 }

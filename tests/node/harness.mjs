@@ -1,14 +1,17 @@
 // Test harness for the Node client tests: a fresh PostgreSQL database, the real
-// `conflist-server` and `conflist-proxy` binaries as child processes on loopback ports the OS
-// picks, and a recorder of every WebSocket message the SIP libraries send and receive.
+// `conflist-server` (sign-in on, as it ships) and `conflist-proxy` binaries as child processes on
+// loopback ports the OS picks, and a recorder of every WebSocket message the SIP libraries send
+// and receive. Secrets, the users' passwords and (for WSS) a self-signed certificate are made
+// fresh for every run in a temporary directory.
 //
 // Nothing here knows SIP beyond splitting a message into start line, headers and body for the
 // assertions; the libraries under test talk to the proxy unmodified.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { createHmac, randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WebSocket as WsWebSocket } from 'ws';
@@ -101,6 +104,10 @@ export function parseSip(text) {
     header(name) {
       const h = headers.find((x) => x.name === name.toLowerCase());
       return h ? h.value : undefined;
+    },
+    /** Every value of header `name`, in order (one per header line). */
+    headerAll(name) {
+      return headers.filter((x) => x.name === name.toLowerCase()).map((x) => x.value);
     },
     cseqMethod() {
       return (this.header('cseq') ?? '').split(/\s+/)[1];
@@ -203,10 +210,16 @@ export const wire = new Wire();
  * The `ws` WebSocket, recording everything that goes through it. Browsers' WebSocket API is what
  * both libraries use (`new WebSocket(url, 'sip')`, onmessage or addEventListener, `send(string)`); `ws`
  * implements it, so the libraries run unmodified.
+ *
+ * The libraries pass no options, so what a browser would get from its trust store comes from
+ * `RecordingWebSocket.defaultOptions` (`startSystem({ wss: true })` puts the test certificate
+ * there as `ca`); options given to the constructor win.
  */
 export class RecordingWebSocket extends WsWebSocket {
+  static defaultOptions = {};
+
   constructor(url, protocols, options) {
-    super(url, protocols, options);
+    super(url, protocols, { ...RecordingWebSocket.defaultOptions, ...options });
     const conn = ++connCounter;
     this.connId = conn;
     wire.record(conn, 'connect', `${url} (subprotocols offered: ${JSON.stringify(protocols)})`);
@@ -409,12 +422,85 @@ export async function waitReady(adminAddr, ms = 10_000) {
   throw new Error(`proxy admin ${adminAddr}/readyz not 200 within ${ms} ms (last: ${last})`);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Sign-in material: secrets, passwords, tokens, a certificate.
+
+/** The JWT audience and issuer the server is started with (`--jwt-audience`, `--jwt-issuer`). */
+export const JWT_AUDIENCE = 'conflist';
+export const JWT_ISSUER = 'conflist-node-tests';
+
+const base64url = (data) => Buffer.from(data).toString('base64url');
+
 /**
- * The whole system: database, server (demo data), proxy. `stop()` tears it all down and drops
- * the database, whatever state it got to.
+ * An HS256 JWT: header `{"alg":"HS256","typ":"JWT"}`, claims `sub`, `iat`, `exp` (now + `ttlSeconds`),
+ * `aud`, `iss`, then `claims` on top (to break one on purpose).
  */
-export async function startSystem() {
-  const sys = { db: null, server: null, proxy: null, wsUrl: null };
+export function signJwt(secret, sub, { ttlSeconds = 3600, claims = {} } = {}) {
+  const now = Math.floor(Date.now() / 1000);
+  const header = base64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
+  const payload = base64url(
+    JSON.stringify({ sub, iat: now, exp: now + ttlSeconds, aud: JWT_AUDIENCE, iss: JWT_ISSUER, ...claims }),
+  );
+  const signature = createHmac('sha256', secret).update(`${header}.${payload}`).digest('base64url');
+  return `${header}.${payload}.${signature}`;
+}
+
+/** Runs `conflist-server ARGS` as a one-off command (stdin `input`), bounded by 30 s; returns stdout. */
+function serverCommand(args, input, what) {
+  const bin = path.join(binDir(), 'conflist-server');
+  const r = spawnSync(bin, args, {
+    input,
+    encoding: 'utf8',
+    timeout: 30_000,
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn', NO_COLOR: '1' },
+  });
+  if (r.error) throw new Error(`${what}: ${r.error.message}`);
+  if (r.status !== 0) {
+    throw new Error(`${what} exited with code ${r.status} (signal ${r.signal}); its stderr:\n${r.stderr}`);
+  }
+  return r.stdout;
+}
+
+/** `conflist-server --database-url URL user set-password USER`, the password on stdin. */
+export function setPassword(databaseUrl, user, password) {
+  const out = serverCommand(
+    ['--database-url', databaseUrl, 'user', 'set-password', user],
+    `${password}\n`,
+    `user set-password ${user}`,
+  );
+  if (out.includes(password)) throw new Error(`user set-password ${user} printed the password`);
+}
+
+/** A self-signed P-256 certificate for 127.0.0.1 and localhost, valid one day, written into `dir`. */
+function makeCertificate(dir) {
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  // prettier-ignore
+  const r = spawnSync('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1',
+    '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost',
+    '-keyout', key, '-out', cert,
+  ], { encoding: 'utf8', timeout: 30_000 });
+  if (r.error) {
+    if (r.error.code === 'ENOENT') throw new Error('openssl not found: it makes the test certificate for wss://');
+    throw r.error;
+  }
+  if (r.status !== 0) throw new Error(`openssl req failed (code ${r.status}):\n${r.stderr}`);
+  return { cert, key, pem: readFileSync(cert, 'utf8') };
+}
+
+/**
+ * The whole system: database, server (demo data, sign-in on), proxy. `stop()` tears it all down,
+ * drops the database and removes the temporary directory, whatever state it got to.
+ *
+ * The server gets `--auth-secret-file` (nonce key), `--jwt-secret-file` (HS256), `--jwt-audience`
+ * and `--jwt-issuer`; once it is READY, alice and bob get random passwords (`sys.passwords`).
+ * `sys.makeToken(user, opts)` signs a JWT the server accepts (see `signJwt`).
+ * With `{ wss: true }` the proxy also serves WSS with a fresh self-signed certificate
+ * (`sys.wssUrl`), and `RecordingWebSocket` trusts it.
+ */
+export async function startSystem({ wss = false } = {}) {
+  const sys = { db: null, server: null, proxy: null, wsUrl: null, wssUrl: null, dir: null };
   sys.stop = async () => {
     const errors = [];
     // Both at once: each one's shutdown ends the other's gRPC session, so neither waits out
@@ -428,6 +514,8 @@ export async function startSystem() {
         errors.push(err);
       }
     }
+    if (sys.dir) rmSync(sys.dir, { recursive: true, force: true });
+    if (sys.ca) RecordingWebSocket.defaultOptions = {};
     if (errors.length) throw new AggregateError(errors, 'cleanup failed');
   };
   sys.logs = () =>
@@ -436,6 +524,20 @@ export async function startSystem() {
       .map((c) => `===== ${c.name} stderr (last ${c.stderrTail.length} lines) =====\n${c.stderrTail.join('\n')}\n`)
       .join('');
   try {
+    sys.dir = mkdtempSync(path.join(os.tmpdir(), 'conflist-node-'));
+    const jwtSecret = randomBytes(32).toString('hex');
+    const jwtSecretFile = path.join(sys.dir, 'jwt.secret');
+    writeFileSync(jwtSecretFile, `${jwtSecret}\n`, { mode: 0o600 });
+    const nonceSecretFile = path.join(sys.dir, 'nonce.secret');
+    writeFileSync(nonceSecretFile, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+    sys.jwtSecretFile = jwtSecretFile;
+    // The file holds the secret and a newline; the server drops trailing newlines from the key.
+    sys.makeToken = (user, opts) => signJwt(jwtSecret, user, opts);
+    sys.passwords = {
+      alice: `alice-${randomBytes(9).toString('base64url')}`,
+      bob: `bob-${randomBytes(9).toString('base64url')}`,
+    };
+
     sys.db = createDatabase();
     sys.server = startBinary(
       'conflist-server',
@@ -445,18 +547,31 @@ export async function startSystem() {
         '--grpc-listen', '127.0.0.1:0',
         '--admin-listen', '127.0.0.1:0',
         '--min-expires', '1',
+        '--auth-secret-file', nonceSecretFile,
+        '--jwt-secret-file', jwtSecretFile,
+        '--jwt-audience', JWT_AUDIENCE,
+        '--jwt-issuer', JWT_ISSUER,
       ],
       ['grpc', 'admin'],
     );
     const s = await sys.server.ready;
-    sys.proxy = startBinary(
-      'conflist-proxy',
-      ['--server', `http://${s.grpc}`, '--ws-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0'],
-      ['ws', 'admin'],
-    );
+    // The credentials table comes with the demo-data migration, so only now.
+    for (const [user, password] of Object.entries(sys.passwords)) setPassword(sys.db.url, user, password);
+
+    const proxyArgs = ['--server', `http://${s.grpc}`, '--ws-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0'];
+    const proxyReady = ['ws', 'admin'];
+    if (wss) {
+      const { cert, key, pem } = makeCertificate(sys.dir);
+      proxyArgs.push('--wss-listen', '127.0.0.1:0', '--tls-cert', cert, '--tls-key', key);
+      proxyReady.push('wss');
+      sys.ca = pem;
+      RecordingWebSocket.defaultOptions = { ca: pem };
+    }
+    sys.proxy = startBinary('conflist-proxy', proxyArgs, proxyReady);
     const p = await sys.proxy.ready;
     await waitReady(p.admin);
     sys.wsUrl = p.ws;
+    if (wss) sys.wssUrl = p.wss;
     return sys;
   } catch (err) {
     const logs = sys.logs();

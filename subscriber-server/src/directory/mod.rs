@@ -7,8 +7,10 @@
 //! back-ends; both run the same directory tests.
 
 pub mod changelog;
+pub mod credentials;
 
 use changelog::Watch;
+pub use credentials::{NewCredentials, StoredCredentials};
 use document::{Conference, ConferenceDescription, MediaEntry, Schedule, UriEntry};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
@@ -153,7 +155,9 @@ struct ConferenceRow {
 }
 
 impl Directory {
-    /// Opens a pool for `url` (`postgres://…` or `sqlite:…`).
+    /// Opens a pool for `url` (`postgres://…` or `sqlite:…`). PostgreSQL URLs are parsed by
+    /// sqlx's `PgConnectOptions`, so TLS is configured in the URL: `sslmode=require`, or
+    /// `sslmode=verify-full&sslrootcert=/path/ca.pem` (rustls with aws-lc-rs).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DirectoryError> {
         let acquire = Duration::from_secs(5);
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {

@@ -53,7 +53,7 @@ pub enum Rejection {
     /// Accept excludes application/conference-list+xml (406).
     #[error("conference-list documents are not acceptable to the subscriber")]
     NotAcceptable,
-    /// The requester may not see this list (403).
+    /// The requester may not see this list, or holds too many subscriptions (403).
     #[error("{0}")]
     Forbidden(&'static str),
     /// Not a user of the served domain (404).
@@ -75,7 +75,10 @@ pub enum Rejection {
 
 impl Policy {
     /// Admits a new subscription: returns the granted duration (0 for a fetch).
-    pub fn admit(&self, req: &SubscribeRequest) -> Result<u32, Rejection> {
+    ///
+    /// `identity` is who signed in (authentication on) and must be the subscriber; with
+    /// authentication off (`None`) the claimed requester (the From address) must be.
+    pub fn admit(&self, req: &SubscribeRequest, identity: Option<&str>) -> Result<u32, Rejection> {
         if req.event != EVENT_PACKAGE {
             return Err(Rejection::BadEvent);
         }
@@ -85,7 +88,8 @@ impl Policy {
         if !same_domain(&req.subscriber, &self.sip_domain) {
             return Err(Rejection::NotFound);
         }
-        if req.requester != req.subscriber {
+        let asker = identity.unwrap_or(&req.requester);
+        if !same_aor(asker, &req.subscriber) {
             return Err(Rejection::Forbidden(
                 "only the owner may subscribe to a conference list",
             ));
@@ -120,6 +124,22 @@ fn accepts_package_type(range: &str) -> bool {
             && (sub == "*" || sub.eq_ignore_ascii_case("conference-list+xml")))
 }
 
+/// Whether two addresses of record name the same user: scheme and host compare
+/// case-insensitively, the user part exactly (RFC 3261 §19.1.4).
+pub fn same_aor(a: &str, b: &str) -> bool {
+    fn split(aor: &str) -> Option<(&str, &str, &str)> {
+        let (scheme, rest) = aor.trim().split_once(':')?;
+        let (user, host) = rest.rsplit_once('@')?;
+        Some((scheme, user, host))
+    }
+    match (split(a), split(b)) {
+        (Some((sa, ua, ha)), Some((sb, ub, hb))) => {
+            sa.eq_ignore_ascii_case(sb) && ua == ub && ha.eq_ignore_ascii_case(hb)
+        }
+        _ => a == b,
+    }
+}
+
 /// `sip:alice@example.com` is in `example.com` (host compared case-insensitively).
 fn same_domain(aor: &str, domain: &str) -> bool {
     aor.rsplit_once('@')
@@ -151,7 +171,7 @@ mod tests {
 
     #[test]
     fn grants_requested_default_and_capped_durations() {
-        assert_eq!(policy().admit(&req()), Ok(600));
+        assert_eq!(policy().admit(&req(), None), Ok(600));
         assert_eq!(policy().grant(None), Ok(3600));
         assert_eq!(policy().grant(Some(100_000)), Ok(7200));
         assert_eq!(policy().grant(Some(0)), Ok(0), "a fetch");
@@ -165,20 +185,40 @@ mod tests {
     fn rejects_other_packages_types_users_and_domains() {
         let mut r = req();
         r.event = "presence".into();
-        assert_eq!(policy().admit(&r), Err(Rejection::BadEvent));
+        assert_eq!(policy().admit(&r, None), Err(Rejection::BadEvent));
 
         let mut r = req();
         r.accept = vec!["application/pidf+xml".into(), "text/plain".into()];
-        assert_eq!(policy().admit(&r), Err(Rejection::NotAcceptable));
+        assert_eq!(policy().admit(&r, None), Err(Rejection::NotAcceptable));
 
         let mut r = req();
         r.requester = "sip:mallory@example.com".into();
-        assert!(matches!(policy().admit(&r), Err(Rejection::Forbidden(_))));
+        assert!(matches!(
+            policy().admit(&r, None),
+            Err(Rejection::Forbidden(_))
+        ));
 
         let mut r = req();
         r.subscriber = "sip:alice@elsewhere.net".into();
         r.requester = r.subscriber.clone();
-        assert_eq!(policy().admit(&r), Err(Rejection::NotFound));
+        assert_eq!(policy().admit(&r, None), Err(Rejection::NotFound));
+    }
+
+    #[test]
+    fn with_authentication_the_identity_must_be_the_subscriber() {
+        let mut r = req();
+        r.requester = "sip:someone-else@example.com".into();
+        assert_eq!(
+            policy().admit(&r, Some("sip:alice@EXAMPLE.com")),
+            Ok(600),
+            "the signed-in identity counts, not From"
+        );
+        assert!(matches!(
+            policy().admit(&req(), Some("sip:mallory@example.com")),
+            Err(Rejection::Forbidden(_))
+        ));
+        assert!(!same_aor("sip:Alice@example.com", "sip:alice@example.com"));
+        assert!(same_aor("SIP:alice@Example.COM", "sip:alice@example.com"));
     }
 
     #[test]

@@ -12,6 +12,9 @@ use tokio::time::Instant;
 pub struct Subscription {
     /// Address of record whose list this is.
     pub subscriber: String,
+    /// Who signed in when it was created (`None` with authentication off); refreshes that
+    /// carry credentials must sign in as the same identity.
+    pub identity: Option<String>,
     /// When it ends unless refreshed.
     pub expires_at: Instant,
     /// Version the next Notification carries (per subscription, RFC 4575 style).
@@ -34,6 +37,7 @@ impl Subscription {
     pub fn new(subscriber: String, expires_at: Instant, first_version: u64) -> Self {
         Self {
             subscriber,
+            identity: None,
             expires_at,
             next_version: first_version,
             sent: None,
@@ -42,6 +46,13 @@ impl Subscription {
             owed: false,
             last_sent: None,
         }
+    }
+
+    /// The same subscription bound to `identity`.
+    #[must_use]
+    pub fn with_identity(mut self, identity: Option<String>) -> Self {
+        self.identity = identity;
+        self
     }
 
     /// Takes the version for the next Notification (strictly increasing by one).
