@@ -39,6 +39,10 @@ pub struct Metrics {
     pub subscribes_rate_limited: Counter,
     /// Connections closed after `--idle-timeout` without a dialog.
     pub idle_connections_closed: Counter,
+    /// SUBSCRIBEs refused because the route set was over `--max-route-set-size`.
+    pub route_sets_refused: Counter,
+    /// SUBSCRIBEs refused at `--max-dialogs-per-connection`.
+    pub dialogs_per_connection_refused: Counter,
 }
 
 impl Metrics {
@@ -113,6 +117,16 @@ impl Metrics {
             "idle_connections_closed",
             "Connections closed for holding no dialog for the idle timeout",
             m.idle_connections_closed.clone(),
+        );
+        r.register(
+            "route_sets_refused",
+            "SUBSCRIBEs refused for a route set over the size limit",
+            m.route_sets_refused.clone(),
+        );
+        r.register(
+            "dialogs_per_connection_refused",
+            "SUBSCRIBEs refused at the dialogs-per-connection limit",
+            m.dialogs_per_connection_refused.clone(),
         );
         m
     }

@@ -70,6 +70,17 @@ pub enum Action {
     Upstream(Command),
     /// The dialog is gone: stop routing `sub` here.
     Unroute(SubscriptionId),
+    /// A limit refused a request (its response is in the actions too): log and count it.
+    Refused(Limit),
+}
+
+/// The per-dialog limits the core enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `max_route_set_size`.
+    RouteSet,
+    /// `max_dialogs`.
+    DialogsPerConnection,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,15 +230,19 @@ impl Dialogs {
     fn on_initial_subscribe(&mut self, req: Request) -> Vec<Action> {
         let checked = match check_initial(&req, self.cfg.max_route_set_size) {
             Ok(c) => c,
-            Err(rejection) => return vec![*rejection],
+            Err(Refusal::Limit(limit, response)) => return vec![*response, Action::Refused(limit)],
+            Err(Refusal::Invalid(response)) => return vec![*response],
         };
         if self.dialogs.len() >= self.cfg.max_dialogs {
-            return vec![reply(
-                &req,
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some("Too many subscriptions on this connection"),
-                |h| h.push(HeaderName::RETRY_AFTER, "30"),
-            )];
+            return vec![
+                reply(
+                    &req,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some("Too many subscriptions on this connection"),
+                    |h| h.push(HeaderName::RETRY_AFTER, "30"),
+                ),
+                Action::Refused(Limit::DialogsPerConnection),
+            ];
         }
         let sub = format!("{}-{}", self.id_prefix, self.next_sub);
         self.next_sub += 1;
@@ -666,7 +681,26 @@ struct Initial {
 }
 
 /// RFC 6665 §4.2.1 checks of a dialog-creating SUBSCRIBE; a rejection is the response to send.
-fn check_initial(req: &Request, max_route_set_size: usize) -> Result<Initial, Box<Action>> {
+/// Why an initial SUBSCRIBE is not taken: an invalid request, or a limit; each carries the
+/// response to send.
+enum Refusal {
+    Invalid(Box<Action>),
+    Limit(Limit, Box<Action>),
+}
+
+impl From<Action> for Refusal {
+    fn from(response: Action) -> Self {
+        Refusal::Invalid(Box::new(response))
+    }
+}
+
+impl From<Box<Action>> for Refusal {
+    fn from(response: Box<Action>) -> Self {
+        Refusal::Invalid(response)
+    }
+}
+
+fn check_initial(req: &Request, max_route_set_size: usize) -> Result<Initial, Refusal> {
     let bad = |reason: &str| reply(req, StatusCode::BAD_REQUEST, Some(reason), |_| {});
     if !req.uri.is_sip() {
         return Err(reply(req, StatusCode::UNSUPPORTED_URI_SCHEME, None, |_| {}).into());
@@ -733,7 +767,10 @@ fn check_initial(req: &Request, max_route_set_size: usize) -> Result<Initial, Bo
         .map(str::len)
         .sum();
     if route_set_size > max_route_set_size {
-        return Err(bad("Record-Route too large").into());
+        return Err(Refusal::Limit(
+            Limit::RouteSet,
+            Box::new(bad("Record-Route too large")),
+        ));
     }
     let credentials = credentials_of(req)?;
     let call_id = req
@@ -771,10 +808,25 @@ fn credentials_of(req: &Request) -> Result<Option<Credentials>, Box<Action>> {
     }
     let parsed = values.find_map(|v| sip::Credentials::parse(v).ok());
     match parsed {
-        Some(sip::Credentials::Digest(response)) => Ok(Some(Credentials::Digest {
-            response,
-            method: req.method.to_string(),
-        })),
+        Some(sip::Credentials::Digest(response)) => {
+            // RFC 2617 §3.2.2.5: the digest-uri must name the resource of the Request-Line
+            // (the response is computed over it; another one means credentials made for
+            // another request).
+            let same = Uri::parse(&response.uri).is_ok_and(|u| u == req.uri)
+                || response.uri == req.uri.to_string();
+            if !same {
+                return Err(Box::new(reply(
+                    req,
+                    StatusCode::BAD_REQUEST,
+                    Some("Digest uri does not match the Request-URI"),
+                    |_| {},
+                )));
+            }
+            Ok(Some(Credentials::Digest {
+                response,
+                method: req.method.to_string(),
+            }))
+        }
         Some(sip::Credentials::Bearer(token)) => Ok(Some(Credentials::Bearer(token))),
         None => Err(Box::new(reply(
             req,

@@ -361,6 +361,11 @@ fn the_dialog_limit_answers_503() {
     let r = response(&actions[0]);
     assert_eq!(r.status.as_u16(), 503);
     assert_eq!(r.headers.get(&HeaderName::RETRY_AFTER), Some("30"));
+    assert_eq!(
+        actions[1],
+        Action::Refused(Limit::DialogsPerConnection),
+        "the shell counts it"
+    );
 }
 
 #[test]
@@ -501,10 +506,18 @@ fn oversized_route_sets_and_bad_credentials_are_refused() {
     let actions = d.on_request(subscribe("c1", None, 1, &rr), Instant::now());
     assert_eq!(response(&actions[0]).status.as_u16(), 400);
     assert_eq!(response(&actions[0]).reason, "Record-Route too large");
+    assert_eq!(actions[1], Action::Refused(Limit::RouteSet));
     let actions = d.on_request(
         subscribe("c2", None, 1, "Authorization: Basic YWxpY2U6eA==\r\n"),
         Instant::now(),
     );
     assert_eq!(response(&actions[0]).reason, "Bad Authorization");
+    let other_uri = "Authorization: Digest username=\"alice\", realm=\"example.com\", \
+                     nonce=\"n\", uri=\"sip:bob@example.com\", response=\"r\"\r\n";
+    let actions = d.on_request(subscribe("c3", None, 1, other_uri), Instant::now());
+    assert_eq!(
+        response(&actions[0]).reason,
+        "Digest uri does not match the Request-URI"
+    );
     assert!(d.is_empty());
 }

@@ -6,7 +6,7 @@
 //! (`--idle-timeout`) and the rate of new SUBSCRIBEs per client address.
 
 use super::limits::{Limits, SubscribeDecision};
-use crate::dialog::{Action, DialogConfig, Dialogs};
+use crate::dialog::{Action, DialogConfig, Dialogs, Limit};
 use crate::metrics::Metrics;
 use crate::notifier::SubscriptionId;
 use crate::upstream::{ConnectionHandle, Upstream, Upstreams};
@@ -374,6 +374,14 @@ impl Connection {
                     up.unroute(&sub);
                     self.shared.metrics.dialogs.dec();
                 }
+            }
+            Action::Refused(limit) => {
+                let m = &self.shared.metrics;
+                match limit {
+                    Limit::RouteSet => m.route_sets_refused.inc(),
+                    Limit::DialogsPerConnection => m.dialogs_per_connection_refused.inc(),
+                };
+                debug!(?limit, "SUBSCRIBE refused at a limit");
             }
             Action::Send(_) => {}
         }

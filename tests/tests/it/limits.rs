@@ -70,6 +70,13 @@ async fn connections_past_the_per_address_cap_are_refused() {
     }
     assert_eq!(refused, 10_000);
     assert!(SipWsClient::connect(&proxy.ws_url).await.is_err());
+    let (_, metrics) = conflist_tests::process::http_get(&proxy.admin, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("conflist_proxy_address_connections_refused_total 10001"),
+        "refusals are counted:\n{metrics}"
+    );
     served(&proxy.ws_url).await;
     // The held ones still work.
     let c = held.last_mut().unwrap();
@@ -171,6 +178,13 @@ async fn ten_thousand_dialogs_with_60kb_of_record_route_store_nothing() {
         assert_eq!(r.reason, "Record-Route too large");
     }
     served(&proxy.ws_url).await;
+    let (_, metrics) = conflist_tests::process::http_get(&proxy.admin, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("conflist_proxy_route_sets_refused_total {count}")),
+        "refusals are counted:\n{metrics}"
+    );
     let after = rss_kib(pid);
     eprintln!(
         "proxy RSS before {before} KiB, after {count} SUBSCRIBEs with {} bytes of Record-Route: {after} KiB",
