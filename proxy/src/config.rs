@@ -4,6 +4,9 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Default `--flow-identity-lifetime`.
+pub const DEFAULT_FLOW_IDENTITY_LIFETIME: &str = "10m";
+
 /// Default `--max-route-set-size`: room for a few Record-Route entries of real proxies.
 pub const DEFAULT_MAX_ROUTE_SET_SIZE: usize = 4096;
 
@@ -115,6 +118,11 @@ pub struct Config {
     /// (`authorization: Bearer …` metadata).
     #[arg(long, env = "CONFLIST_GRPC_SECRET_FILE")]
     pub grpc_secret_file: Option<std::path::PathBuf>,
+    /// How long an identity signed in on a connection vouches for later SUBSCRIBEs of that
+    /// connection without credentials; 0 turns this off (set 0 when a gateway multiplexes
+    /// many users on one connection).
+    #[arg(long, env = "CONFLIST_FLOW_IDENTITY_LIFETIME", default_value = DEFAULT_FLOW_IDENTITY_LIFETIME, value_parser = humantime::parse_duration)]
+    pub flow_identity_lifetime: Duration,
     /// Largest Record-Route set (bytes, all values) a dialog may store; a larger one is
     /// refused with 400.
     #[arg(long, env = "CONFLIST_MAX_ROUTE_SET_SIZE", default_value_t = DEFAULT_MAX_ROUTE_SET_SIZE)]
@@ -182,6 +190,9 @@ impl Config {
         }
         if self.max_message_size < 1024 {
             return Err("--max-message-size must be at least 1024".into());
+        }
+        if self.grpc_tls_cert.is_some() && self.grpc_ca.is_none() {
+            return Err("--grpc-tls-cert needs --grpc-ca (client certificates are shown only over TLS to https:// servers)".into());
         }
         if self.servers.iter().any(|s| s.starts_with("https://")) && self.grpc_ca.is_none() {
             return Err(

@@ -70,6 +70,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let upstream_token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let security = upstream_security(&config).context("load the gRPC TLS files and secret")?;
+    if security.secret.is_some() {
+        for s in config.servers.iter().filter(|s| sends_in_clear(s)) {
+            warn!(server = %s, "the gRPC secret goes to this server unencrypted: use https:// (--grpc-ca)");
+        }
+    }
     let upstreams = upstream::Upstreams::start(
         &config.servers,
         &security,
@@ -100,6 +105,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             notify_timeout: config.notify_timeout,
             max_dialogs: config.max_dialogs_per_connection,
             max_route_set_size: config.max_route_set_size,
+            flow_identity_lifetime: config.flow_identity_lifetime,
         },
         upstreams: upstreams.clone(),
         metrics,
@@ -215,4 +221,37 @@ fn upstream_security(config: &Config) -> anyhow::Result<upstream::Security> {
         }
     };
     Ok(upstream::Security { tls, secret })
+}
+
+/// An `http://` server URL whose host is not loopback: a secret sent there crosses a network
+/// in clear.
+fn sends_in_clear(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    !(host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_non_loopback_plaintext_servers_count_as_in_clear() {
+        assert!(!super::sends_in_clear("http://127.0.0.1:50051"));
+        assert!(!super::sends_in_clear("http://[::1]:50051"));
+        assert!(!super::sends_in_clear("http://localhost:50051"));
+        assert!(!super::sends_in_clear("https://server:50051"));
+        assert!(super::sends_in_clear(
+            "http://conflist-server-0.conflist-server:50051"
+        ));
+        assert!(super::sends_in_clear("http://10.0.0.5:50051"));
+    }
 }

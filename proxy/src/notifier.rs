@@ -40,6 +40,8 @@ pub enum Command {
         expires: Option<u32>,
         /// The refresh's Authorization, if it had one (verified again by the notifier).
         credentials: Option<Credentials>,
+        /// The client's address, for per-address throttling of failed sign-ins.
+        client_address: String,
     },
     /// The dialog is gone without a final NOTIFY (connection lost).
     Unsubscribe {

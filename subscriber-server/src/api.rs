@@ -3,17 +3,19 @@
 //! and back; policy and state live there, SQL in [`crate::directory`].
 //!
 //! Sign-in (authentication on): a Subscribe with credentials is verified by
-//! [`Authenticator`], one with only a `flow_identity` is trusted (the proxy vouches for its
-//! flow), one with neither is challenged. The identity must then be the subscriber. A
-//! Refresh keeps the identity bound at creation; credentials it carries are verified again,
-//! in order with the other refreshes of that subscription.
+//! [`Authenticator`], one with only a `flow_identity` is trusted when the proxy hop is
+//! authenticated (the proxy vouches for its flow; see [`Context::trust_flow_identity`]), one
+//! with neither is challenged. The identity must then be the subscriber. A Refresh keeps
+//! the identity bound at creation; credentials it carries are verified again, in order with
+//! the other refreshes of that subscription, and credentials of another user are a failed
+//! sign-in like a wrong password (401, counted, throttled).
 
-use crate::auth::{Authenticator, Credentials, Label, Outcome, Verdict, digest};
+use crate::auth::{Authenticator, Credentials, Label, Outcome, Verdict, digest, loggable};
 use crate::cache::{AttachError, Cache, SessionKey, SessionWake, UserDoc};
 use crate::directory::DirectoryError;
 use crate::metrics::{AuthLabel, Metrics};
 use crate::subscription::{
-    self, NotifyPolicy, Plan, Policy, Registry, Rejection, SubscribeRequest, Subscription, same_aor,
+    self, NotifyPolicy, Plan, Policy, Registry, Rejection, SubscribeRequest, Subscription,
 };
 use document::ConferenceList;
 use proto::v1::{
@@ -58,6 +60,11 @@ pub struct Context {
     pub tracker: TaskTracker,
     /// Sign-in; `None` with `--auth off`.
     pub auth: Option<Authenticator>,
+    /// Whether `Subscribe.flow_identity` is honoured: only when the proxy hop is
+    /// authenticated (the shared secret or required client certificates). Otherwise any
+    /// host that reaches the gRPC port could name any identity, so it is ignored and the
+    /// request is challenged like one without credentials.
+    pub trust_flow_identity: bool,
     /// Most live subscriptions per user on this instance (beyond: 403).
     pub max_subscriptions_per_user: usize,
 }
@@ -302,8 +309,16 @@ impl Session {
         let step = match (&self.ctx.auth, credentials_from_proto(s.credentials)) {
             (None, _) => AuthStep::Off,
             (Some(_), Some(creds)) => AuthStep::Verify(creds),
-            (Some(_), None) if !s.flow_identity.is_empty() => AuthStep::Flow(s.flow_identity),
+            (Some(_), None) if !s.flow_identity.is_empty() && self.ctx.trust_flow_identity => {
+                AuthStep::Flow(s.flow_identity)
+            }
             (Some(a), None) => {
+                if !s.flow_identity.is_empty() {
+                    debug!(
+                        subscription.id = %id,
+                        "flow identity ignored: the proxy hop is not authenticated"
+                    );
+                }
                 let verdict = a.no_credentials();
                 self.count_auth(verdict.label);
                 debug!(
@@ -363,13 +378,21 @@ impl Session {
         self.verifying.entry(r.subscription_id.clone()).or_default();
         let ctx = self.ctx.clone();
         let username = digest_username(&creds);
+        let bound = self
+            .registry
+            .get(&r.subscription_id)
+            .and_then(|s| s.identity.clone());
+        let client_address = r.client_address.clone();
         self.tasks.spawn(async move {
+            let now = unix_now();
             let verdict = match ctx.auth.as_ref() {
-                // Refresh carries no client address: failures count per user only.
-                Some(a) => {
-                    a.authenticate(&creds, "", unix_now(), ctx.cache.directory())
-                        .await
-                }
+                Some(a) => a
+                    .authenticate(&creds, &client_address, now, ctx.cache.directory())
+                    .await
+                    .map(|v| match &bound {
+                        Some(bound) => a.require_identity(v, bound, &creds, &client_address, now),
+                        None => v,
+                    }),
                 None => Ok(Verdict {
                     outcome: Outcome::Challenge { stale: false },
                     label: Label::Failed,
@@ -409,22 +432,8 @@ impl Session {
                     "refresh sign-in"
                 );
                 match v.outcome {
-                    Outcome::Authenticated { identity } => {
-                        let bound = self.registry.get(&id).and_then(|s| s.identity.clone());
-                        match bound {
-                            Some(bound) if !same_aor(&bound, &identity) => {
-                                self.reject(
-                                    &id,
-                                    r.request_id,
-                                    &Rejection::Forbidden(
-                                        "signed in as another user than the subscription's",
-                                    ),
-                                )
-                                .await?;
-                            }
-                            _ => self.apply_refresh(r).await?,
-                        }
-                    }
+                    // The verifying task already held the identity to the bound one.
+                    Outcome::Authenticated { .. } => self.apply_refresh(r).await?,
                     other => self.send_auth_answer(&id, r.request_id, &other).await?,
                 }
             }
@@ -911,12 +920,9 @@ fn credentials_from_proto(c: Option<v1::Credentials>) -> Option<Credentials> {
     }
 }
 
-/// The digest user name, for logs (bearer tokens are never logged).
+/// The digest user name, cut for logs (bearer tokens are never logged).
 fn digest_username(c: &Credentials) -> Option<String> {
-    match c {
-        Credentials::Digest(d) => Some(d.username.clone()),
-        Credentials::Bearer(_) => None,
-    }
+    c.username().map(loggable)
 }
 
 /// Wall-clock unix seconds: nonces and tokens are stamped with it, so every instance agrees.
@@ -945,7 +951,7 @@ mod tests {
 
     const REALM: &str = "example.com";
 
-    async fn context(auth: bool, max_per_user: usize) -> Arc<Context> {
+    async fn context(auth: bool, max_per_user: usize, trust_flow_identity: bool) -> Arc<Context> {
         let directory = Directory::connect("sqlite::memory:", 1).await.unwrap();
         directory.migrate().await.unwrap();
         directory.load_demo_data().await.unwrap();
@@ -991,6 +997,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             auth,
+            trust_flow_identity,
             max_subscriptions_per_user: max_per_user,
         })
     }
@@ -1007,12 +1014,43 @@ mod tests {
         }
 
         async fn with_limit(auth: bool, max_per_user: usize) -> Self {
+            Self::with_context(context(auth, max_per_user, true).await)
+        }
+
+        /// Authentication on, but the proxy hop is not authenticated.
+        async fn untrusted_hop() -> Self {
+            Self::with_context(context(true, 100, false).await)
+        }
+
+        fn with_context(ctx: Arc<Context>) -> Self {
             let (tx, rx) = mpsc::channel(64);
             Self {
-                session: Session::new(context(auth, max_per_user).await, tx),
+                session: Session::new(ctx, tx),
                 rx,
                 next_request: 1,
             }
+        }
+
+        /// How often sign-in ended with `label`.
+        fn auth_count(&self, label: Label) -> u64 {
+            self.session
+                .ctx
+                .metrics
+                .auth
+                .get_or_create(&AuthLabel::new(label))
+                .get()
+        }
+
+        /// Whether a Notification is waiting on the stream.
+        fn notification_waiting(&mut self) -> bool {
+            std::iter::from_fn(|| self.rx.try_recv().ok()).any(|m| {
+                matches!(
+                    m,
+                    Ok(ServerMessage {
+                        kind: Some(server_message::Kind::Notification(_))
+                    })
+                )
+            })
         }
 
         /// Sends `kind`, runs the tasks it starts, and returns the Answer to it.
@@ -1057,12 +1095,22 @@ mod tests {
         }
 
         async fn refresh(&mut self, id: &str, credentials: Option<v1::Credentials>) -> Answer {
+            self.refresh_from(id, credentials, "192.0.2.1:5555").await
+        }
+
+        async fn refresh_from(
+            &mut self,
+            id: &str,
+            credentials: Option<v1::Credentials>,
+            client_address: &str,
+        ) -> Answer {
             let request_id = self.request();
             self.ask(proxy_message::Kind::Refresh(v1::Refresh {
                 subscription_id: id.into(),
                 request_id,
                 expires: Some(600),
                 credentials,
+                client_address: client_address.into(),
             }))
             .await
         }
@@ -1232,15 +1280,144 @@ mod tests {
         assert!(h.session.registry.contains("s1"), "the subscription stays");
 
         let a = h
-            .refresh("s1", Some(digest_for(&ch, "bob", "builder", 1)))
-            .await;
-        assert_eq!(status(&a), AnswerStatus::Forbidden, "another user");
-
-        let a = h
             .refresh("s1", Some(digest_for(&ch, "alice", "wonderland", 2)))
             .await;
         assert_eq!(status(&a), AnswerStatus::Ok);
         assert!(h.session.verifying.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refresh_signed_in_as_another_user_is_a_failed_sign_in() {
+        let mut h = Harness::new(true).await;
+        let a = h
+            .subscribe("s1", "alice", None, "sip:alice@example.com")
+            .await;
+        assert_eq!(status(&a), AnswerStatus::Ok);
+        let ch = h
+            .subscribe("s0", "alice", None, "")
+            .await
+            .challenge
+            .unwrap();
+
+        // bob's right password and a wrong one for bob must look the same on alice's
+        // subscription, or refreshes are a password oracle.
+        let right = h
+            .refresh_from(
+                "s1",
+                Some(digest_for(&ch, "bob", "builder", 1)),
+                "198.51.100.9:1",
+            )
+            .await;
+        let wrong = h
+            .refresh_from(
+                "s1",
+                Some(digest_for(&ch, "bob", "guess", 2)),
+                "198.51.100.9:2",
+            )
+            .await;
+        for a in [&right, &wrong] {
+            assert_eq!(status(a), AnswerStatus::Unauthorized, "{a:?}");
+            assert_eq!(a.reason, "authentication required");
+            assert_eq!(a.identity, "");
+        }
+        let (r, w) = (right.challenge.unwrap(), wrong.challenge.unwrap());
+        assert_eq!(
+            (&r.realm, &r.opaque, &r.algorithms, r.stale),
+            (&w.realm, &w.opaque, &w.algorithms, w.stale)
+        );
+        assert_eq!(h.auth_count(Label::Failed), 2, "both count as failures");
+        assert_eq!(h.auth_count(Label::Ok), 0);
+        assert!(h.session.registry.contains("s1"), "the subscription stays");
+
+        // Counted against bob and the address: a third failure blocks both.
+        h.refresh_from(
+            "s1",
+            Some(digest_for(&ch, "bob", "builder", 3)),
+            "198.51.100.9:3",
+        )
+        .await;
+        let a = h
+            .subscribe("s2", "bob", Some(digest_for(&ch, "bob", "builder", 4)), "")
+            .await;
+        assert_eq!(status(&a), AnswerStatus::Unavailable, "bob is throttled");
+        let a = h
+            .refresh_from(
+                "s1",
+                Some(digest_for(&ch, "alice", "wonderland", 5)),
+                "198.51.100.9:4",
+            )
+            .await;
+        assert_eq!(
+            status(&a),
+            AnswerStatus::Unavailable,
+            "the address is throttled"
+        );
+    }
+
+    #[tokio::test]
+    async fn refresh_failures_are_throttled_per_client_address() {
+        let mut h = Harness::new(true).await;
+        let a = h
+            .subscribe("s1", "alice", None, "sip:alice@example.com")
+            .await;
+        assert_eq!(status(&a), AnswerStatus::Ok);
+        let ch = h
+            .subscribe("s0", "alice", None, "")
+            .await
+            .challenge
+            .unwrap();
+        // Three wrong guesses for three different users from one address (3 per window):
+        // only the per-address count can catch them.
+        for (nc, user) in [(1, "carol"), (2, "dave"), (3, "erin")] {
+            let a = h
+                .refresh_from(
+                    "s1",
+                    Some(digest_for(&ch, user, "guess", nc)),
+                    "203.0.113.5:4000",
+                )
+                .await;
+            assert_eq!(status(&a), AnswerStatus::Unauthorized);
+        }
+        let a = h
+            .refresh_from(
+                "s1",
+                Some(digest_for(&ch, "alice", "wonderland", 4)),
+                "203.0.113.5:4001",
+            )
+            .await;
+        assert_eq!(status(&a), AnswerStatus::Unavailable, "{a:?}");
+        assert!((1..=60).contains(&a.retry_after));
+        let a = h
+            .refresh_from(
+                "s1",
+                Some(digest_for(&ch, "alice", "wonderland", 5)),
+                "198.51.100.1:1",
+            )
+            .await;
+        assert_eq!(
+            status(&a),
+            AnswerStatus::Ok,
+            "another address is not throttled"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flow_identity_from_an_unauthenticated_hop_is_ignored() {
+        let mut h = Harness::untrusted_hop().await;
+        let a = h
+            .subscribe("s1", "alice", None, "sip:alice@example.com")
+            .await;
+        assert_eq!(status(&a), AnswerStatus::Unauthorized, "{a:?}");
+        assert!(a.challenge.is_some());
+        assert_eq!(a.identity, "");
+        assert!(!h.session.registry.contains("s1"));
+        assert!(!h.notification_waiting(), "no document without sign-in");
+        assert_eq!(h.auth_count(Label::Challenged), 1);
+
+        // Credentials still work.
+        let creds = digest_for(&a.challenge.unwrap(), "alice", "wonderland", 1);
+        let a = h.subscribe("s2", "alice", Some(creds), "").await;
+        assert_eq!(status(&a), AnswerStatus::Ok);
     }
 
     #[tokio::test]

@@ -129,7 +129,8 @@ pub struct Config {
     /// Bearer tokens: required `iss`.
     #[arg(long, env = "CONFLIST_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
-    /// Bearer tokens: required member of `aud` (unset: `aud` is not checked).
+    /// Bearer tokens: required member of `aud`. Required with --jwt-public-key-file and
+    /// --jwt-jwks-file; optional with --jwt-secret-file (unset: `aud` is not checked).
     #[arg(long, env = "CONFLIST_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
     /// Bearer tokens: the claim naming the user (`sip:…` as is, `alice` → sip:alice@SIP-DOMAIN).
@@ -309,6 +310,19 @@ impl Config {
                 "choose one of --jwt-secret-file, --jwt-public-key-file, --jwt-jwks-file".into(),
             );
         }
+        let audience_missing = self
+            .jwt_audience
+            .as_deref()
+            .is_none_or(|a| a.trim().is_empty());
+        if (self.jwt_public_key_file.is_some() || self.jwt_jwks_file.is_some()) && audience_missing
+        {
+            return Err(
+                "--jwt-public-key-file and --jwt-jwks-file need --jwt-audience: the keys of a \
+                 shared identity provider also sign tokens minted for other applications, \
+                 which would otherwise be accepted"
+                    .into(),
+            );
+        }
         if self.jwt_user_claim.trim().is_empty() {
             return Err("--jwt-user-claim must not be empty".into());
         }
@@ -325,6 +339,20 @@ impl Config {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Whether the proxy hop is authenticated (a shared secret, or client certificates
+    /// required by mutual TLS). Only then is a proxy's `flow_identity` honoured.
+    pub fn hop_authenticated(&self) -> bool {
+        self.grpc_secret_file.is_some() || self.grpc_client_ca.is_some()
+    }
+
+    /// Sign-in is on, but anyone who reaches the non-loopback gRPC listener may call it
+    /// (worth a startup warning).
+    pub fn unauthenticated_hop_exposed(&self) -> bool {
+        self.auth == AuthMode::On
+            && !self.hop_authenticated()
+            && !self.grpc_listen.ip().is_loopback()
     }
 
     /// The digest realm: --auth-realm, else the SIP domain.
@@ -522,6 +550,9 @@ mod tests {
             &["x", "--nonce-lifetime", "0s"],
             &["x", "--auth-max-failures", "0"],
             &["x", "--jwt-secret-file", "a", "--jwt-jwks-file", "b"],
+            &["x", "--jwt-public-key-file", "k.pem"],
+            &["x", "--jwt-jwks-file", "k.json"],
+            &["x", "--jwt-jwks-file", "k.json", "--jwt-audience", " "],
             &["x", "--grpc-tls-cert", "c.pem"],
             &["x", "--grpc-client-ca", "ca.pem"],
             &["x", "--max-subscriptions-per-user", "0"],
@@ -549,6 +580,54 @@ mod tests {
             c.command,
             Some(Command::Token(TokenCommand::Issue { ttl, .. })) if ttl == Duration::from_secs(600)
         ));
+    }
+
+    #[test]
+    fn an_audience_is_required_for_identity_provider_keys_only() {
+        for key in ["--jwt-public-key-file", "--jwt-jwks-file"] {
+            let c = Config::parse_from(["x", key, "k", "--jwt-audience", "conflist"]);
+            assert!(c.validate().is_ok(), "{key}");
+            let err = Config::parse_from(["x", key, "k"]).validate().unwrap_err();
+            assert!(err.contains("need --jwt-audience"), "{err}");
+        }
+        let c = Config::parse_from(["x", "--jwt-secret-file", "s"]);
+        assert!(c.validate().is_ok(), "optional with the local HS256 secret");
+    }
+
+    #[test]
+    fn the_hop_is_authenticated_by_a_secret_or_client_certificates() {
+        let plain = Config::parse_from(["x"]);
+        assert!(!plain.hop_authenticated());
+        assert!(!plain.unauthenticated_hop_exposed(), "loopback by default");
+        let exposed = Config::parse_from(["x", "--grpc-listen", "0.0.0.0:50051"]);
+        assert!(exposed.unauthenticated_hop_exposed());
+        let off = Config::parse_from(["x", "--grpc-listen", "0.0.0.0:50051", "--auth", "off"]);
+        assert!(
+            !off.unauthenticated_hop_exposed(),
+            "nothing to trust with auth off"
+        );
+        for extra in [
+            &["--grpc-secret-file", "s"][..],
+            &[
+                "--grpc-tls-cert",
+                "c",
+                "--grpc-tls-key",
+                "k",
+                "--grpc-client-ca",
+                "ca",
+            ][..],
+        ] {
+            let mut args = vec!["x", "--grpc-listen", "[::]:50051"];
+            args.extend_from_slice(extra);
+            let c = Config::parse_from(args);
+            assert!(c.hop_authenticated(), "{extra:?}");
+            assert!(!c.unauthenticated_hop_exposed(), "{extra:?}");
+        }
+        let tls_only = Config::parse_from(["x", "--grpc-tls-cert", "c", "--grpc-tls-key", "k"]);
+        assert!(
+            !tls_only.hop_authenticated(),
+            "server TLS alone proves nothing about the caller"
+        );
     }
 
     #[test]

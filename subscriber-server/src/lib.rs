@@ -96,10 +96,23 @@ pub async fn run_with(
         shutdown: token.clone(),
         tracker: tracker.clone(),
         auth: secrets.auth.map(auth::Authenticator::new),
+        trust_flow_identity: config.hop_authenticated(),
         max_subscriptions_per_user: config.max_subscriptions_per_user,
     });
     if ctx.auth.is_none() {
         warn!("--auth off: subscribers are not authenticated (the From address is trusted)");
+    } else if config.unauthenticated_hop_exposed() {
+        warn!(
+            grpc.addr = %config.grpc_listen,
+            "the proxy hop is not authenticated and gRPC listens beyond loopback: any host \
+             that reaches the gRPC port can open sessions; set --grpc-secret-file or \
+             --grpc-client-ca (flow identities are ignored until then)"
+        );
+    } else if !ctx.trust_flow_identity {
+        info!(
+            "the proxy hop is not authenticated: flow identities are ignored, every SUBSCRIBE \
+             must carry credentials (set --grpc-secret-file or --grpc-client-ca)"
+        );
     }
 
     let grpc = TcpListener::bind(config.grpc_listen)

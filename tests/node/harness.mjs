@@ -493,8 +493,8 @@ function makeCertificate(dir) {
  * The whole system: database, server (demo data, sign-in on), proxy. `stop()` tears it all down,
  * drops the database and removes the temporary directory, whatever state it got to.
  *
- * The server gets `--auth-secret-file` (nonce key), `--jwt-secret-file` (HS256), `--jwt-audience`
- * and `--jwt-issuer`; once it is READY, alice and bob get random passwords (`sys.passwords`).
+ * The server gets `--auth-secret-file` (nonce key), `--jwt-secret-file` (HS256), `--jwt-audience`,
+ * `--jwt-issuer` and `--grpc-secret-file` (the proxy sends the same secret); once it is READY, alice and bob get random passwords (`sys.passwords`).
  * `sys.makeToken(user, opts)` signs a JWT the server accepts (see `signJwt`).
  * With `{ wss: true }` the proxy also serves WSS with a fresh self-signed certificate
  * (`sys.wssUrl`), and `RecordingWebSocket` trusts it.
@@ -530,6 +530,9 @@ export async function startSystem({ wss = false } = {}) {
     writeFileSync(jwtSecretFile, `${jwtSecret}\n`, { mode: 0o600 });
     const nonceSecretFile = path.join(sys.dir, 'nonce.secret');
     writeFileSync(nonceSecretFile, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+    // The proxy<->server hop is authenticated, as in production.
+    const grpcSecretFile = path.join(sys.dir, 'grpc.secret');
+    writeFileSync(grpcSecretFile, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
     sys.jwtSecretFile = jwtSecretFile;
     // The file holds the secret and a newline; the server drops trailing newlines from the key.
     sys.makeToken = (user, opts) => signJwt(jwtSecret, user, opts);
@@ -551,6 +554,7 @@ export async function startSystem({ wss = false } = {}) {
         '--jwt-secret-file', jwtSecretFile,
         '--jwt-audience', JWT_AUDIENCE,
         '--jwt-issuer', JWT_ISSUER,
+        '--grpc-secret-file', grpcSecretFile,
       ],
       ['grpc', 'admin'],
     );
@@ -558,7 +562,10 @@ export async function startSystem({ wss = false } = {}) {
     // The credentials table comes with the demo-data migration, so only now.
     for (const [user, password] of Object.entries(sys.passwords)) setPassword(sys.db.url, user, password);
 
-    const proxyArgs = ['--server', `http://${s.grpc}`, '--ws-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0'];
+    const proxyArgs = [
+      '--server', `http://${s.grpc}`, '--grpc-secret-file', grpcSecretFile,
+      '--ws-listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0',
+    ];
     const proxyReady = ['ws', 'admin'];
     if (wss) {
       const { cert, key, pem } = makeCertificate(sys.dir);

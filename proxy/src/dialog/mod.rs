@@ -51,6 +51,10 @@ pub struct DialogConfig {
     pub max_dialogs: usize,
     /// Most bytes of Record-Route a dialog stores as its route set (RFC 3261 §12.1.1).
     pub max_route_set_size: usize,
+    /// How long an identity the notifier authenticated on this flow is offered for later
+    /// SUBSCRIBEs of the flow without credentials; zero turns flow identities off (for
+    /// gateways that multiplex many users on one connection).
+    pub flow_identity_lifetime: Duration,
 }
 
 /// What the shell must do.
@@ -137,8 +141,9 @@ pub struct Dialogs {
     by_branch: HashMap<String, SubscriptionId>,
     deadlines: BTreeSet<(Instant, SubscriptionId)>,
     /// The identity the notifier authenticated on this flow (DESIGN: identity binds to the
-    /// flow that created it); later SUBSCRIBEs without credentials on this flow carry it.
-    flow_identity: Option<String>,
+    /// flow that created it) and until when it is offered; later SUBSCRIBEs without
+    /// credentials on this flow carry it. A refused sign-in on the flow forgets it.
+    flow_identity: Option<(String, Instant)>,
     /// The client's address, passed on for per-address throttling of failed sign-ins.
     client_address: String,
 }
@@ -167,9 +172,12 @@ impl Dialogs {
         self.client_address = addr;
     }
 
-    /// The identity this flow has proved, if any.
-    pub fn flow_identity(&self) -> Option<&str> {
-        self.flow_identity.as_deref()
+    /// The identity this flow has proved, if it is still offered at `now`.
+    pub fn flow_identity(&self, now: Instant) -> Option<&str> {
+        self.flow_identity
+            .as_ref()
+            .filter(|(_, until)| now < *until)
+            .map(|(id, _)| id.as_str())
     }
 
     /// Number of dialogs.
@@ -202,7 +210,7 @@ impl Dialogs {
         }
         let to_tag = to_tag(&req);
         match (&req.method, to_tag) {
-            (Method::Subscribe, None) => self.on_initial_subscribe(req),
+            (Method::Subscribe, None) => self.on_initial_subscribe(req, now),
             (Method::Subscribe, Some(tag)) => self.on_refresh(req, &tag, now),
             (Method::Options, None) => vec![reply(&req, StatusCode::OK, None, |h| {
                 h.push(HeaderName::ALLOW, ALLOW);
@@ -227,7 +235,7 @@ impl Dialogs {
         }
     }
 
-    fn on_initial_subscribe(&mut self, req: Request) -> Vec<Action> {
+    fn on_initial_subscribe(&mut self, req: Request, now: Instant) -> Vec<Action> {
         let checked = match check_initial(&req, self.cfg.max_route_set_size) {
             Ok(c) => c,
             Err(Refusal::Limit(limit, response)) => return vec![*response, Action::Refused(limit)],
@@ -280,7 +288,7 @@ impl Dialogs {
             accept: checked.accept,
             expires: checked.expires,
             flow_identity: if checked.credentials.is_none() {
-                self.flow_identity.clone()
+                self.flow_identity(now).map(str::to_owned)
             } else {
                 None
             },
@@ -378,6 +386,7 @@ impl Dialogs {
             request_id,
             expires,
             credentials,
+            client_address: self.client_address.clone(),
         })]
     }
 
@@ -408,8 +417,11 @@ impl Dialogs {
         let response = match &answer.verdict {
             Verdict::Ok { granted, identity } => {
                 d.phase = Phase::Active;
-                if let Some(id) = identity {
-                    self.flow_identity = Some(id.clone());
+                let lifetime = self.cfg.flow_identity_lifetime;
+                if let Some(id) = identity
+                    && !lifetime.is_zero()
+                {
+                    self.flow_identity = Some((id.clone(), now + lifetime));
                 }
                 reply(&req, StatusCode::OK, None, |h| {
                     with_tag(h);
@@ -434,6 +446,13 @@ impl Dialogs {
                 }
             }),
         };
+        if matches!(
+            answer.verdict,
+            Verdict::Unauthorized(_) | Verdict::Forbidden
+        ) {
+            // Someone on this flow failed to sign in or overreached: stop vouching for it.
+            self.flow_identity = None;
+        }
         let ends_dialog = match &answer.verdict {
             Verdict::Ok { .. } => false,
             Verdict::NoSuchSubscription => true,

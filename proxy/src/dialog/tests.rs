@@ -14,6 +14,7 @@ fn cfg(max_dialogs: usize) -> DialogConfig {
         notify_timeout: Duration::from_secs(32),
         max_dialogs,
         max_route_set_size: 4096,
+        flow_identity_lifetime: Duration::from_secs(600),
     }
 }
 
@@ -274,6 +275,7 @@ fn refreshes_are_checked_and_forwarded() {
             request_id: 2,
             expires: Some(0),
             credentials: None,
+            client_address: String::new(),
         })]
     );
     // CSeq must increase within the dialog (RFC 3261 §12.2.2).
@@ -482,7 +484,12 @@ fn the_flow_identity_rides_on_later_subscribes_without_credentials() {
         }),
         now,
     );
-    assert_eq!(d.flow_identity(), Some("sip:alice@example.com"));
+    assert_eq!(d.flow_identity(now), Some("sip:alice@example.com"));
+    assert_eq!(
+        d.flow_identity(now + Duration::from_secs(600)),
+        None,
+        "it is offered for the configured lifetime only"
+    );
     let actions = d.on_request(subscribe("c2", None, 1, ""), now);
     let Command::Subscribe { flow_identity, .. } = upstream_subscribe(&actions) else {
         unreachable!()
@@ -490,6 +497,27 @@ fn the_flow_identity_rides_on_later_subscribes_without_credentials() {
     assert_eq!(flow_identity.as_deref(), Some("sip:alice@example.com"));
     // Credentials of its own take precedence: the flow identity is not sent with them.
     let actions = d.on_request(subscribe("c3", None, 1, "Authorization: Bearer u\r\n"), now);
+    let Command::Subscribe { flow_identity, .. } = upstream_subscribe(&actions) else {
+        unreachable!()
+    };
+    assert_eq!(*flow_identity, None);
+    // A refused sign-in on the flow makes the proxy stop vouching for it.
+    d.on_event(
+        Event::Answer(Answer {
+            sub: "p-0-2".into(),
+            request_id: 3,
+            verdict: Verdict::Unauthorized(Challenge {
+                realm: "example.com".into(),
+                nonce: "n".into(),
+                opaque: None,
+                algorithms: vec!["MD5".into()],
+                stale: false,
+            }),
+        }),
+        now,
+    );
+    assert_eq!(d.flow_identity(now), None);
+    let actions = d.on_request(subscribe("c4", None, 1, ""), now);
     let Command::Subscribe { flow_identity, .. } = upstream_subscribe(&actions) else {
         unreachable!()
     };

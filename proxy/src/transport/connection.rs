@@ -288,9 +288,12 @@ impl Connection {
                 self.bad_messages = 0;
                 self.shared.metrics.requests.inc();
                 super::stamp_via(&mut req, self.peer);
-                if super::is_initial_subscribe(&req)
-                    && let Some(refusal) = self.rate_limit(&req)
-                {
+                // New subscriptions, and any SUBSCRIBE carrying credentials (a refresh must
+                // not be an unthrottled password oracle), count against the address's rate.
+                let counted = super::is_initial_subscribe(&req)
+                    || (req.method == sip::Method::Subscribe
+                        && req.headers.get(&sip::HeaderName::AUTHORIZATION).is_some());
+                if counted && let Some(refusal) = self.rate_limit(&req) {
                     return Step::actions(vec![Action::Send(refusal)]);
                 }
                 Step::actions(self.dialogs.on_request(req, Instant::now()))

@@ -259,6 +259,15 @@ pub enum AddressRefused {
     TableFull,
 }
 
+/// The key a client address is limited by: IPv4 addresses one by one, IPv6 by their /64
+/// (one subscriber's allocation, RFC 6177), so rotating through a prefix gains nothing.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & mask_u128(64)).into()),
+        v4 => v4,
+    }
+}
+
 /// Open connections per client address (`--max-connections-per-address`). An entry lives
 /// while its count is above zero, so the map holds at most one entry per open connection and
 /// never more than `max_addresses`.
@@ -281,7 +290,7 @@ impl AddressTable {
 
     /// Counts one more connection from `ip`; the guard counts it off again when dropped.
     pub fn try_acquire(&self, ip: IpAddr) -> Result<AddressGuard, AddressRefused> {
-        let ip = ip.to_canonical();
+        let ip = address_key(ip);
         let mut counts = lock(&self.counts);
         let len = counts.len();
         match counts.get_mut(&ip) {
@@ -301,7 +310,7 @@ impl AddressTable {
     /// Connections counted for `ip` now.
     pub fn count(&self, ip: IpAddr) -> usize {
         lock(&self.counts)
-            .get(&ip.to_canonical())
+            .get(&address_key(ip))
             .copied()
             .unwrap_or(0)
     }
@@ -424,7 +433,7 @@ impl SubscribeLimiter {
 
     /// Takes one token for `ip` at `now`.
     pub fn check(&self, ip: IpAddr, now: Instant) -> SubscribeDecision {
-        let ip = ip.to_canonical();
+        let ip = address_key(ip);
         let (rate, burst) = (self.rate, self.burst);
         let mut st = lock(&self.state);
         if !st.buckets.contains_key(&ip) && st.buckets.len() >= self.max_addresses {

@@ -40,11 +40,13 @@ pub(super) fn to_proto(c: Command) -> ProxyMessage {
             request_id,
             expires,
             credentials,
+            client_address,
         } => proxy_message::Kind::Refresh(v1::Refresh {
             subscription_id: sub,
             request_id,
             expires,
             credentials: credentials.map(credentials_to_proto),
+            client_address,
         }),
         Command::Unsubscribe { sub } => proxy_message::Kind::Unsubscribe(v1::Unsubscribe {
             subscription_id: sub,

@@ -30,6 +30,12 @@ pub enum KeyError {
     /// The JWKS is not valid JSON of the RFC 7517 shape.
     #[error("invalid JWKS: {0}")]
     Jwks(String),
+    /// The JWKS holds a symmetric key (`"kty": "oct"`). A JWKS is usually published, and
+    /// anyone holding an HMAC key can mint tokens; use --jwt-secret-file for a secret.
+    #[error(
+        "the JWKS holds a symmetric (\"kty\": \"oct\") key; put shared secrets in --jwt-secret-file"
+    )]
+    SymmetricKey,
     /// The JWKS holds no signature key we can use.
     #[error("the JWKS holds no usable signature key")]
     NoUsableKey,
@@ -152,14 +158,18 @@ impl BearerVerifier {
         })
     }
 
-    /// A JWKS document (`{"keys": [...]}`). Keys marked `"use": "enc"` are skipped; each
-    /// key's algorithm is its `alg`, or follows from its type and curve.
+    /// A JWKS document (`{"keys": [...]}`) of public keys. A symmetric (`oct`) key refuses
+    /// the whole file ([`KeyError::SymmetricKey`]); keys marked `"use": "enc"` are skipped;
+    /// each key's algorithm is its `alg`, or follows from its type and curve.
     pub fn jwks(json: &[u8], policy: BearerPolicy) -> Result<Self, KeyError> {
         install_provider();
         let set: JwkSet =
             serde_json::from_slice(json).map_err(|e| KeyError::Jwks(e.to_string()))?;
         let mut keys = Vec::new();
         for jwk in &set.keys {
+            if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+                return Err(KeyError::SymmetricKey);
+            }
             if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
                 continue;
             }
@@ -173,7 +183,6 @@ impl BearerVerifier {
                         _ => None,
                     },
                     AlgorithmParameters::OctetKeyPair(_) => Some(Algorithm::EdDSA),
-                    AlgorithmParameters::OctetKey(_) => Some(Algorithm::HS256),
                     _ => None,
                 },
             };
@@ -564,6 +573,31 @@ mod tests {
             BearerVerifier::jwks(br#"{"keys": []}"#, policy()),
             Err(KeyError::NoUsableKey)
         ));
+    }
+
+    #[test]
+    fn jwks_with_a_symmetric_key_is_refused() {
+        install_provider();
+        let k = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, SECRET);
+        for oct in [
+            serde_json::json!({"kty": "oct", "k": k, "alg": "HS256", "kid": "h"}),
+            serde_json::json!({"kty": "oct", "k": k}),
+            serde_json::json!({"kty": "oct", "k": k, "use": "enc"}),
+        ] {
+            let rs_key = EncodingKey::from_rsa_pem(RS256_PRIVATE.as_bytes()).unwrap();
+            let mut rs_jwk =
+                serde_json::to_value(Jwk::from_encoding_key(&rs_key, Algorithm::RS256).unwrap())
+                    .unwrap();
+            rs_jwk["kid"] = "rsa-1".into();
+            let json = serde_json::to_vec(&serde_json::json!({"keys": [rs_jwk, oct]})).unwrap();
+            assert!(
+                matches!(
+                    BearerVerifier::jwks(&json, policy()),
+                    Err(KeyError::SymmetricKey)
+                ),
+                "{oct}"
+            );
+        }
     }
 
     #[test]

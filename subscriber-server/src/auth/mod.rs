@@ -16,7 +16,10 @@
 //!   response is checked against a dummy HA1, failures are counted alike, and the challenge
 //!   has the same shape (only the nonce differs).
 //! * `stale=true` only for an expired nonce with a correct response (RFC 3261 §22.4).
-//! * Passwords, HA1s and tokens are never logged; user names and outcomes are.
+//! * Passwords, HA1s and tokens are never logged; user names (cut to
+//!   [`LOGGED_USERNAME_CHARS`], see [`loggable`]) and outcomes are.
+//! * A digest user name longer than [`throttle::MAX_USERNAME_BYTES`] is a failed sign-in
+//!   without a directory read, counted against the client address only.
 //!
 //! [RFC 3261 §22]: https://www.rfc-editor.org/rfc/rfc3261#section-22
 //! [RFC 8760]: https://www.rfc-editor.org/rfc/rfc8760
@@ -29,6 +32,7 @@ pub mod proxy;
 pub mod throttle;
 
 use crate::directory::{Directory, DirectoryError, StoredCredentials};
+use crate::subscription::same_aor;
 use bearer::BearerVerifier;
 use digest::{Algorithm, DigestCredentials, NonceCounts};
 use nonce::{NonceCheck, NonceKey};
@@ -40,6 +44,8 @@ use tracing::debug;
 
 /// Default nonce lifetime.
 pub const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(300);
+/// Characters of a user name that go into a log line.
+pub const LOGGED_USERNAME_CHARS: usize = 64;
 /// Default digest algorithms, in challenge order. MD5 stays last: JsSIP and SIP.js read only
 /// the last `WWW-Authenticate` and speak MD5 only.
 pub const DEFAULT_ALGORITHMS: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Md5];
@@ -53,12 +59,36 @@ pub enum Credentials {
     Bearer(String),
 }
 
+impl Credentials {
+    /// The digest user name; `None` for a bearer token (whose content is never logged).
+    pub fn username(&self) -> Option<&str> {
+        match self {
+            Credentials::Digest(d) => Some(&d.username),
+            Credentials::Bearer(_) => None,
+        }
+    }
+}
+
+/// `name` as it may appear in a log line: its first [`LOGGED_USERNAME_CHARS`] characters,
+/// control characters replaced by `?` (a user name is client input).
+pub fn loggable(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .take(LOGGED_USERNAME_CHARS)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if name.chars().nth(LOGGED_USERNAME_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Credentials::Digest(d) => f
                 .debug_struct("Digest")
-                .field("username", &d.username)
+                .field("username", &loggable(&d.username))
                 .finish_non_exhaustive(),
             Credentials::Bearer(_) => f.write_str("Bearer([redacted])"),
         }
@@ -306,7 +336,7 @@ impl Authenticator {
     pub fn precheck(&self, creds: &Credentials, client_address: &str, now: u64) -> Step {
         let address = ThrottleKey::address(client_address);
         let user = match creds {
-            Credentials::Digest(d) => Some(ThrottleKey::User(d.username.clone())),
+            Credentials::Digest(d) => ThrottleKey::user(&d.username),
             Credentials::Bearer(_) => None,
         };
         if let Some(retry_after) = self.blocked(user.as_ref(), address.as_ref(), now) {
@@ -316,14 +346,24 @@ impl Authenticator {
             });
         }
         match creds {
-            Credentials::Bearer(token) => Step::Done(self.bearer(token, address, now)),
+            Credentials::Bearer(token) => Step::Done(self.bearer(token, address.as_ref(), now)),
             Credentials::Digest(d) => {
+                if user.is_none() {
+                    // Too long to be anyone's: not looked up and not remembered by name.
+                    debug!(
+                        username = %loggable(&d.username),
+                        bytes = d.username.len(),
+                        "digest user name too long"
+                    );
+                    self.count_failure(None, address.as_ref(), now);
+                    return Step::Done(Verdict::challenge(Label::Failed, false));
+                }
                 if let Err(e) = digest::check_syntax(d, &self.realm, &self.algorithms) {
-                    debug!(username = %d.username, reason = %e, "digest credentials unusable");
+                    debug!(username = %loggable(&d.username), reason = %e, "digest credentials unusable");
                     return Step::Done(Verdict::challenge(Label::Failed, false));
                 }
                 if self.nonces.check(&d.nonce, now) == NonceCheck::Invalid {
-                    debug!(username = %d.username, "digest nonce not ours");
+                    debug!(username = %loggable(&d.username), "digest nonce not ours");
                     return Step::Done(Verdict::challenge(Label::Failed, false));
                 }
                 Step::Lookup {
@@ -366,14 +406,12 @@ impl Authenticator {
         let matches = digest::verify(alg, real.as_deref().unwrap_or(dummy), &with_method);
         let ok = matches && real.is_some();
         if !ok {
-            let mut state = self.lock();
-            state
-                .throttle
-                .fail(ThrottleKey::User(d.username.clone()), now);
-            if let Some(a) = ThrottleKey::address(client_address) {
-                state.throttle.fail(a, now);
-            }
-            debug!(username = %d.username, "digest response wrong or user unknown");
+            self.count_failure(
+                ThrottleKey::user(&d.username).as_ref(),
+                ThrottleKey::address(client_address).as_ref(),
+                now,
+            );
+            debug!(username = %loggable(&d.username), "digest response wrong or user unknown");
             return Verdict::challenge(Label::Failed, false);
         }
         let issued = match self.nonces.check(&d.nonce, now) {
@@ -382,7 +420,7 @@ impl Authenticator {
             NonceCheck::Invalid => return Verdict::challenge(Label::Failed, false),
         };
         if let Err(replay) = self.lock().counts.accept(&d.nonce, issued, checked.nc, now) {
-            debug!(username = %d.username, ?replay, "digest nonce count reused");
+            debug!(username = %loggable(&d.username), ?replay, "digest nonce count reused");
             return Verdict::challenge(Label::Replayed, false);
         }
         let identity = stored
@@ -398,7 +436,7 @@ impl Authenticator {
         }
     }
 
-    fn bearer(&self, token: &str, address: Option<ThrottleKey>, now: u64) -> Verdict {
+    fn bearer(&self, token: &str, address: Option<&ThrottleKey>, now: u64) -> Verdict {
         let result = match &self.bearer {
             Some(v) => v.verify(token, now),
             None => Err(bearer::BearerError::UnknownKey),
@@ -410,11 +448,49 @@ impl Authenticator {
             },
             Err(e) => {
                 debug!(reason = %e, "bearer token refused");
-                if let Some(a) = address {
-                    self.lock().throttle.fail(a, now);
-                }
+                self.count_failure(None, address, now);
                 Verdict::challenge(Label::Failed, false)
             }
+        }
+    }
+
+    /// Turns a sign-in (by `creds` from `client_address`) that succeeded as someone other
+    /// than `bound`, the identity a subscription was created with, into a failure answered
+    /// and counted exactly like a wrong password. Otherwise a refresh would tell a right
+    /// password for another user from a wrong one: a guessing oracle.
+    pub fn require_identity(
+        &self,
+        verdict: Verdict,
+        bound: &str,
+        creds: &Credentials,
+        client_address: &str,
+        now: u64,
+    ) -> Verdict {
+        match &verdict.outcome {
+            Outcome::Authenticated { identity } if !same_aor(bound, identity) => {
+                let user = match creds {
+                    Credentials::Digest(d) => ThrottleKey::user(&d.username),
+                    Credentials::Bearer(_) => None,
+                };
+                self.count_failure(
+                    user.as_ref(),
+                    ThrottleKey::address(client_address).as_ref(),
+                    now,
+                );
+                debug!(
+                    username = %creds.username().map(loggable).unwrap_or_default(),
+                    "credentials name another user than the subscription's"
+                );
+                Verdict::challenge(Label::Failed, false)
+            }
+            _ => verdict,
+        }
+    }
+
+    fn count_failure(&self, user: Option<&ThrottleKey>, address: Option<&ThrottleKey>, now: u64) {
+        let mut state = self.lock();
+        for key in [user, address].into_iter().flatten() {
+            state.throttle.fail(key, now);
         }
     }
 

@@ -337,3 +337,124 @@ fn an_empty_method_defaults_to_subscribe() {
     let v = a.finish_digest(&d, store.0.get("alice"), ADDR, NOW);
     assert_eq!(v.label, Label::Ok);
 }
+
+/// A store that counts how often it is asked; it knows nobody.
+#[derive(Debug, Default)]
+struct Counting(std::sync::atomic::AtomicUsize);
+
+impl CredentialStore for Counting {
+    fn lookup(
+        &self,
+        _username: &str,
+        _realm: &str,
+    ) -> impl Future<Output = Result<Option<StoredCredentials>, DirectoryError>> + Send {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::future::ready(Ok(None))
+    }
+}
+
+#[tokio::test]
+async fn overlong_user_names_fail_unlooked_up_and_count_per_address_only() {
+    let a = Authenticator::new(config()); // 3 per 60 s
+    let ch = a.challenge(false, NOW);
+    let long = "a".repeat(throttle::MAX_USERNAME_BYTES + 1);
+    let store = Counting::default();
+    for nc in 1..=3 {
+        let c = answer(&ch, Algorithm::Md5, &long, "guess", nc);
+        assert_eq!(
+            a.authenticate(&c, ADDR, NOW, &store).await.unwrap(),
+            challenged(Label::Failed, false)
+        );
+    }
+    assert_eq!(store.0.into_inner(), 0, "never looked up");
+    assert_eq!(a.lock().throttle.len(), 1, "only the address is a key");
+    // The address is now blocked, for every user name.
+    let store = Store::with("alice", "wonderland");
+    let c = answer(&ch, Algorithm::Md5, "alice", "wonderland", 4);
+    assert_eq!(run(&a, &c, &store, NOW + 1).await.label, Label::Throttled);
+    let c = answer(&ch, Algorithm::Md5, "alice", "wonderland", 5);
+    assert_eq!(
+        a.authenticate(&c, "198.51.100.1", NOW + 1, &store)
+            .await
+            .unwrap()
+            .label,
+        Label::Ok,
+        "alice herself was not counted"
+    );
+    // A name of exactly the limit is an ordinary (unknown) user.
+    let edge = "b".repeat(throttle::MAX_USERNAME_BYTES);
+    let c = answer(&ch, Algorithm::Md5, &edge, "guess", 1);
+    let store = Counting::default();
+    assert_eq!(
+        a.authenticate(&c, "198.51.100.2", NOW, &store)
+            .await
+            .unwrap(),
+        challenged(Label::Failed, false)
+    );
+    assert_eq!(store.0.into_inner(), 1, "looked up like any user");
+}
+
+#[tokio::test]
+async fn credentials_of_another_user_than_the_bound_one_fail_and_count() {
+    let a = Authenticator::new(config()); // 3 per 60 s
+    let store = Store::with("bob", "builder");
+    let ch = a.challenge(false, NOW);
+    for nc in 1..=3 {
+        let c = answer(&ch, Algorithm::Md5, "bob", "builder", nc);
+        let v = run(&a, &c, &store, NOW).await;
+        assert_eq!(v, authenticated("sip:bob@example.com"));
+        let v = a.require_identity(v, "sip:alice@example.com", &c, ADDR, NOW);
+        assert_eq!(v, challenged(Label::Failed, false));
+    }
+    let c = answer(&ch, Algorithm::Md5, "bob", "builder", 4);
+    assert_eq!(
+        a.authenticate(&c, "198.51.100.1", NOW, &store)
+            .await
+            .unwrap()
+            .label,
+        Label::Throttled,
+        "counted against bob"
+    );
+    // The bound identity itself passes, compared as an address of record.
+    let c = answer(&ch, Algorithm::Md5, "bob", "builder", 5);
+    let v = a.require_identity(
+        authenticated("sip:bob@example.com"),
+        "sip:bob@EXAMPLE.com",
+        &c,
+        ADDR,
+        NOW + 60,
+    );
+    assert_eq!(v, authenticated("sip:bob@example.com"));
+    // Non-sign-ins pass through unchanged.
+    let v = a.require_identity(
+        challenged(Label::Stale, true),
+        "sip:alice@example.com",
+        &c,
+        ADDR,
+        NOW + 60,
+    );
+    assert_eq!(v, challenged(Label::Stale, true));
+}
+
+#[test]
+fn user_names_are_cut_and_cleaned_for_logs() {
+    assert_eq!(loggable("alice"), "alice");
+    let long = "x".repeat(8 * 1024);
+    let cut = loggable(&long);
+    assert_eq!(cut.chars().count(), LOGGED_USERNAME_CHARS + 1);
+    assert!(cut.ends_with('…'));
+    assert_eq!(loggable("a\r\nINFO forged"), "a??INFO forged");
+    assert_eq!(
+        loggable(&"é".repeat(64)),
+        "é".repeat(64),
+        "counted in characters"
+    );
+    let c = answer(
+        &Authenticator::new(config()).challenge(false, NOW),
+        Algorithm::Md5,
+        &long,
+        "pw",
+        1,
+    );
+    assert!(format!("{c:?}").len() < 200, "Debug cuts the user name too");
+}

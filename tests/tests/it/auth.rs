@@ -33,6 +33,8 @@ async fn secured(extra: &[&str]) -> Secured {
     std::fs::write(&jwt, format!("{JWT_SECRET}\n")).unwrap();
     let nonce = dir.join("nonce.secret");
     std::fs::write(&nonce, "shared-nonce-secret\n").unwrap();
+    let grpc = dir.join("grpc.secret");
+    std::fs::write(&grpc, "proxy-hop-secret\n").unwrap();
     let mut args: Vec<String> = [
         "--jwt-secret-file",
         jwt.to_str().unwrap(),
@@ -40,6 +42,8 @@ async fn secured(extra: &[&str]) -> Secured {
         AUDIENCE,
         "--auth-secret-file",
         nonce.to_str().unwrap(),
+        "--grpc-secret-file",
+        grpc.to_str().unwrap(),
     ]
     .map(str::to_owned)
     .to_vec();
@@ -48,6 +52,14 @@ async fn secured(extra: &[&str]) -> Secured {
 }
 
 impl Secured {
+    /// A proxy in front of `server` with the proxy-hop secret.
+    async fn proxy(&self, server: &Server) -> Proxy {
+        let secret = self.dir.join("grpc.secret");
+        spawn_proxy(server, &["--grpc-secret-file", secret.to_str().unwrap()])
+            .await
+            .expect("proxy")
+    }
+
     async fn server(&self) -> Server {
         let s = spawn_server(
             &self.db.url,
@@ -127,7 +139,7 @@ async fn no_notify_follows(c: &mut SipWsClient) {
 async fn digest_sign_in_with_md5_and_sha256() {
     let s = secured(&[]).await;
     let server = s.server().await;
-    let proxy = spawn_proxy(&server, &[]).await.unwrap();
+    let proxy = s.proxy(&server).await;
 
     // No credentials: 401 offering SHA-256 first and MD5 last, both qop=auth, one nonce.
     let (mut c, r) = answer(&proxy, "alice", Auth::None).await;
@@ -162,7 +174,7 @@ async fn digest_sign_in_with_md5_and_sha256() {
 async fn bearer_tokens_are_checked_for_signature_expiry_and_audience() {
     let s = secured(&[]).await;
     let server = s.server().await;
-    let proxy = spawn_proxy(&server, &[]).await.unwrap();
+    let proxy = s.proxy(&server).await;
 
     let (mut c, r) = answer(
         &proxy,
@@ -214,7 +226,7 @@ async fn es256_tokens_verify_against_a_public_key_file() {
         .unwrap();
     s.args.drain(pos..pos + 2);
     let server = s.server().await;
-    let proxy = spawn_proxy(&server, &[]).await.unwrap();
+    let proxy = s.proxy(&server).await;
     let claims =
         serde_json::json!({"sub": "sip:alice@example.com", "aud": AUDIENCE, "exp": now() + 600});
     let t = encode(
@@ -240,7 +252,7 @@ async fn es256_tokens_verify_against_a_public_key_file() {
 async fn alice_signed_in_cannot_read_bobs_list_and_spoofing_gets_nothing() {
     let s = secured(&[]).await;
     let server = s.server().await;
-    let proxy = spawn_proxy(&server, &[]).await.unwrap();
+    let proxy = s.proxy(&server).await;
 
     let (mut c, r) = answer(&proxy, "bob", Auth::md5("alice", ALICE_PASSWORD)).await;
     assert_eq!(r.status.as_u16(), 403);
@@ -273,7 +285,7 @@ async fn alice_signed_in_cannot_read_bobs_list_and_spoofing_gets_nothing() {
 async fn unknown_users_get_the_same_answer_as_wrong_passwords() {
     let s = secured(&[]).await;
     let server = s.server().await;
-    let proxy = spawn_proxy(&server, &[]).await.unwrap();
+    let proxy = s.proxy(&server).await;
 
     // The same request on two flows; only the username of the credentials differs: a real
     // user with a wrong password, and nobody.
@@ -334,7 +346,7 @@ fn normalise(resp: &str) -> String {
 async fn replayed_nonce_counts_are_refused_and_stale_nonces_retry() {
     let s = secured(&["--nonce-lifetime", "2s"]).await;
     let server = s.server().await;
-    let proxy = spawn_proxy(&server, &[]).await.unwrap();
+    let proxy = s.proxy(&server).await;
 
     // Sign in, then replay the very same Authorization (same nonce, same nc) on a new flow.
     let (mut c, r) = answer(&proxy, "alice", Auth::md5("alice", ALICE_PASSWORD)).await;
@@ -351,6 +363,13 @@ async fn replayed_nonce_counts_are_refused_and_stale_nonces_retry() {
     let r = thief.recv_response().await.unwrap();
     assert_eq!(r.status.as_u16(), 401, "a replayed nonce count is refused");
     no_notify_follows(&mut thief).await;
+    let (_, metrics) = conflist_tests::process::http_get(&server.admin, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("conflist_server_auth_total{outcome=\"replayed\"} 1"),
+        "the replay is counted:\n{metrics}"
+    );
 
     // An expired nonce with a correct response: 401 with stale=true; the retry succeeds.
     let mut c = SipWsClient::connect(&proxy.ws_url).await.unwrap();
@@ -411,8 +430,8 @@ async fn a_nonce_from_one_server_is_accepted_by_another() {
     )
     .await
     .unwrap();
-    let p1 = spawn_proxy(&first, &[]).await.unwrap();
-    let p2 = spawn_proxy(&second, &[]).await.unwrap();
+    let p1 = s.proxy(&first).await;
+    let p2 = s.proxy(&second).await;
 
     let mut c1 = SipWsClient::connect(&p1.ws_url).await.unwrap();
     let req = c1.initial_subscribe("alice", "cross-1", "Expires: 600\r\n");
@@ -449,7 +468,7 @@ async fn a_nonce_from_one_server_is_accepted_by_another() {
 async fn refreshes_on_the_signed_in_flow_need_no_credentials_but_wrong_ones_are_refused() {
     let s = secured(&[]).await;
     let server = s.server().await;
-    let proxy = spawn_proxy(&server, &[]).await.unwrap();
+    let proxy = s.proxy(&server).await;
     let mut c = client(
         &proxy,
         Auth::Bearer(token("alice", 600, AUDIENCE, JWT_SECRET)),
@@ -482,7 +501,6 @@ async fn refreshes_on_the_signed_in_flow_need_no_credentials_but_wrong_ones_are_
     assert_eq!(r.status.as_u16(), 200);
     expect_list(&mut c, "alice").await;
     // …but only for alice's own list.
-    c.auth = Auth::None;
     let (r, _) = c.subscribe_answer("bob", "same-flow-3", 600).await.unwrap();
     assert_eq!(r.status.as_u16(), 403);
 }

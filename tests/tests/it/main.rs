@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod directory;
 mod faults;
+mod grpc_hop;
 mod limits;
 mod live_updates;
 mod operator_schema;

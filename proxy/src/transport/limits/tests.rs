@@ -286,3 +286,20 @@ fn subscribe_limiter_sweeps_full_buckets_when_the_table_is_full() {
     assert_eq!(l.check(ip("192.0.2.3"), t1), SubscribeDecision::Allowed);
     assert_eq!(l.addresses(), 1);
 }
+
+#[test]
+fn ipv6_clients_are_limited_by_their_64_prefix() {
+    assert_eq!(
+        address_key(ip("2001:db8:1:2:aaaa::1")),
+        ip("2001:db8:1:2::")
+    );
+    assert_eq!(address_key(ip("::ffff:192.0.2.9")), ip("192.0.2.9"));
+    let table = AddressTable::new(1, 10);
+    let _first = table.try_acquire(ip("2001:db8:1:2::1")).unwrap();
+    assert_eq!(
+        table.try_acquire(ip("2001:db8:1:2:ffff::9")).unwrap_err(),
+        AddressRefused::OverLimit,
+        "another address of the same /64 shares the cap"
+    );
+    assert!(table.try_acquire(ip("2001:db8:1:3::1")).is_ok());
+}

@@ -66,6 +66,7 @@ impl Proxy {
             notify_timeout: Duration::from_secs(32),
             max_dialogs: 100,
             max_route_set_size: 4096,
+            flow_identity_lifetime: Duration::from_secs(600),
         };
         let shared = Arc::new(Shared {
             config: ConnectionConfig {
