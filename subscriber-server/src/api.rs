@@ -9,13 +9,20 @@
 //! the identity bound at creation; credentials it carries are verified again, in order with
 //! the other refreshes of that subscription, and credentials of another user are a failed
 //! sign-in like a wrong password (401, counted, throttled).
+//!
+//! Reads never wait on writes: the session task hands what it sends to the stream with
+//! `try_send`; when the proxy stops reading and the stream's queue is full, messages wait in
+//! a bounded backlog while the task keeps reading. A backlog that makes no progress for
+//! [`Context::stall_timeout`], or outgrows [`SESSION_BACKLOG`], ends that session (counted);
+//! other sessions never wait for it.
 
 use crate::auth::{Authenticator, Credentials, Label, Outcome, Verdict, digest, loggable};
 use crate::cache::{AttachError, Cache, SessionKey, SessionWake, UserDoc};
 use crate::directory::DirectoryError;
 use crate::metrics::{AuthLabel, Metrics};
 use crate::subscription::{
-    self, NotifyPolicy, Plan, Policy, Registry, Rejection, SubscribeRequest, Subscription,
+    self, Delivered, NotifyPolicy, Plan, Policy, Registry, Rejection, SubscribeRequest,
+    Subscription,
 };
 use document::ConferenceList;
 use proto::v1::{
@@ -24,19 +31,23 @@ use proto::v1::{
     subscription_service_server::SubscriptionService,
 };
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-/// Outbound messages buffered per session before the session task waits for the proxy.
+/// Outbound messages buffered per session in the stream's queue.
 const SESSION_QUEUE: usize = 1024;
+/// Outbound messages held beyond the stream's queue while the proxy is not reading; one more
+/// ends the session at once.
+pub const SESSION_BACKLOG: usize = 1024;
 /// Refreshes of one subscription waiting behind one whose credentials are being verified;
 /// more are answered 503 (an honest client has one refresh in flight).
 const MAX_QUEUED_REFRESHES: usize = 8;
@@ -67,6 +78,9 @@ pub struct Context {
     pub trust_flow_identity: bool,
     /// Most live subscriptions per user on this instance (beyond: 403).
     pub max_subscriptions_per_user: usize,
+    /// How long a session's outbound backlog may wait without progress (the proxy stopped
+    /// reading) before the session ends (`--session-stall-timeout`).
+    pub stall_timeout: Duration,
 }
 
 /// The gRPC service.
@@ -82,9 +96,33 @@ impl SessionService {
     }
 }
 
+/// The response stream of one session: its messages, then, when the session ended because
+/// the proxy stopped reading, that status (seen by a proxy that reads again).
+#[derive(Debug)]
+pub struct Outgoing {
+    rx: mpsc::Receiver<ServerMessage>,
+    end: Option<oneshot::Receiver<Status>>,
+}
+
+impl tokio_stream::Stream for Outgoing {
+    type Item = Result<ServerMessage, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(m)) => Poll::Ready(Some(Ok(m))),
+            // The session is over (its sender dropped, after any end status was set).
+            Poll::Ready(None) => {
+                let status = self.end.take().and_then(|mut end| end.try_recv().ok());
+                Poll::Ready(status.map(Err))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl SubscriptionService for SessionService {
-    type SessionStream = ReceiverStream<Result<ServerMessage, Status>>;
+    type SessionStream = Outgoing;
 
     async fn session(
         &self,
@@ -97,12 +135,17 @@ impl SubscriptionService for SessionService {
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-        let session = Session::new(self.ctx.clone(), tx);
+        let (end_tx, end_rx) = oneshot::channel();
+        let mut session = Session::new(self.ctx.clone(), tx);
+        session.out.end = Some(end_tx);
         let span = info_span!("session", proxy.addr = %peer);
         self.ctx
             .tracker
             .spawn(session.run(request.into_inner()).instrument(span));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Outgoing {
+            rx,
+            end: Some(end_rx),
+        }))
     }
 }
 
@@ -162,13 +205,98 @@ enum Admission {
     Failed(DirectoryError),
 }
 
-/// The proxy went away; the session ends.
+/// Why the session must end now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The proxy went away (its side of the stream is closed).
+    PeerGone,
+    /// The proxy stopped reading: the backlog is full, or made no progress for the stall
+    /// timeout.
+    Stalled,
+}
+
+/// The session's send path. Never waits: a message goes into the stream's bounded queue, or,
+/// while the proxy is not reading, into a bounded backlog that the session task moves on as
+/// the stream makes room.
 #[derive(Debug)]
-struct PeerGone;
+struct Outbound {
+    tx: mpsc::Sender<ServerMessage>,
+    backlog: VecDeque<ServerMessage>,
+    /// When the backlog last made progress (`None` while it is empty).
+    stalled_since: Option<Instant>,
+    /// Where to leave the status the stream ends with after a stall.
+    end: Option<oneshot::Sender<Status>>,
+}
+
+impl Outbound {
+    fn new(tx: mpsc::Sender<ServerMessage>) -> Self {
+        Self {
+            tx,
+            backlog: VecDeque::new(),
+            stalled_since: None,
+            end: None,
+        }
+    }
+
+    /// Queues `msg` behind everything sent before it.
+    fn send(&mut self, msg: ServerMessage) -> Result<(), Stop> {
+        if self.backlog.is_empty() {
+            return match self.tx.try_send(msg) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(Stop::PeerGone),
+                Err(mpsc::error::TrySendError::Full(msg)) => {
+                    self.stalled_since = Some(Instant::now());
+                    self.backlog.push_back(msg);
+                    Ok(())
+                }
+            };
+        }
+        if self.backlog.len() >= SESSION_BACKLOG {
+            return Err(Stop::Stalled);
+        }
+        self.backlog.push_back(msg);
+        Ok(())
+    }
+
+    /// Moves the backlog into the stream as far as it has room.
+    fn flush(&mut self) -> Result<(), Stop> {
+        let before = self.backlog.len();
+        while let Some(msg) = self.backlog.pop_front() {
+            match self.tx.try_send(msg) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(msg)) => {
+                    self.backlog.push_front(msg);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stop::PeerGone),
+            }
+        }
+        if self.backlog.is_empty() {
+            self.stalled_since = None;
+        } else if self.backlog.len() < before {
+            self.stalled_since = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Waits until the stream has room for the backlog (never, while it is empty).
+    async fn room(&self) -> Result<(), Stop> {
+        if self.backlog.is_empty() {
+            return std::future::pending().await;
+        }
+        // The permit only proves there is room; `flush` takes it with `try_send` (this
+        // session is the queue's only sender).
+        self.tx
+            .reserve()
+            .await
+            .map(drop)
+            .map_err(|_| Stop::PeerGone)
+    }
+}
 
 struct Session {
     ctx: Arc<Context>,
-    out: mpsc::Sender<Result<ServerMessage, Status>>,
+    out: Outbound,
     registry: Registry,
     /// Initial SUBSCRIBEs waiting for sign-in and their first document, by subscription id.
     pending: HashMap<String, u64>,
@@ -181,12 +309,12 @@ struct Session {
 }
 
 impl Session {
-    fn new(ctx: Arc<Context>, out: mpsc::Sender<Result<ServerMessage, Status>>) -> Self {
+    fn new(ctx: Arc<Context>, out: mpsc::Sender<ServerMessage>) -> Self {
         ctx.metrics.sessions.inc();
         let (key, wake) = ctx.cache.register_session();
         Self {
             ctx,
-            out,
+            out: Outbound::new(out),
             registry: Registry::default(),
             pending: HashMap::new(),
             verifying: HashMap::new(),
@@ -200,8 +328,10 @@ impl Session {
         info!("proxy session opened");
         let shutdown = self.ctx.shutdown.clone();
         let wake = self.wake.clone();
+        let stall_timeout = self.ctx.stall_timeout;
         let outcome = loop {
             let deadline = self.registry.next_deadline();
+            let stalled_at = self.out.stalled_since.map(|t| t + stall_timeout);
             let step = tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(msg)) => self.on_message(msg).await,
@@ -220,13 +350,30 @@ impl Session {
                 },
                 () = wake.changed() => self.on_users_changed().await,
                 () = sleep_until_opt(deadline) => self.on_deadline().await,
+                room = self.out.room() => room.and_then(|()| self.out.flush()),
+                () = sleep_until_opt(stalled_at) => Err(Stop::Stalled),
                 () = shutdown.cancelled() => {
                     self.deactivate_all().await;
                     break "server shutting down";
                 }
             };
-            if step.is_err() {
-                break "proxy stopped reading";
+            match step {
+                Ok(()) => {}
+                Err(Stop::PeerGone) => break "proxy went away",
+                Err(Stop::Stalled) => {
+                    self.ctx.metrics.sessions_stalled.inc();
+                    if let Some(end) = self.out.end.take() {
+                        let _ = end.send(Status::unavailable(
+                            "session ended: the proxy stopped reading",
+                        ));
+                    }
+                    warn!(
+                        backlog = self.out.backlog.len(),
+                        stall_timeout = ?stall_timeout,
+                        "proxy stopped reading; ending its session"
+                    );
+                    break "proxy stopped reading";
+                }
             }
         };
         let dropped = self.registry.drain().len();
@@ -236,7 +383,7 @@ impl Session {
         info!(reason = outcome, dropped, "proxy session closed");
     }
 
-    async fn on_done(&mut self, done: Done) -> Result<(), PeerGone> {
+    async fn on_done(&mut self, done: Done) -> Result<(), Stop> {
         match done {
             Done::Subscribe(admitted) => self.on_admitted(admitted).await,
             Done::Refresh(v) => {
@@ -250,7 +397,7 @@ impl Session {
         }
     }
 
-    async fn on_message(&mut self, msg: ProxyMessage) -> Result<(), PeerGone> {
+    async fn on_message(&mut self, msg: ProxyMessage) -> Result<(), Stop> {
         match msg.kind {
             Some(proxy_message::Kind::Subscribe(s)) => self.on_subscribe(s).await,
             Some(proxy_message::Kind::Refresh(r)) => self.on_refresh(r).await,
@@ -262,17 +409,24 @@ impl Session {
             Some(proxy_message::Kind::Delivered(d)) => {
                 let outcome = DeliveryOutcome::try_from(d.outcome).unwrap_or_default();
                 if outcome == DeliveryOutcome::Accepted {
-                    let follow_up = match self.registry.get_mut(&d.subscription_id) {
-                        Some(sub) => {
-                            sub.in_flight = false;
-                            sub.pending || sub.owed
+                    let delivered = self
+                        .registry
+                        .get_mut(&d.subscription_id)
+                        .map(|sub| (sub.delivered(d.version), sub.in_flight));
+                    match delivered {
+                        Some((Delivered::Current { follow_up: true }, _)) => {
+                            return self.send_state(&d.subscription_id, false).await;
                         }
-                        None => false,
-                    };
-                    if follow_up {
-                        return self.send_state(&d.subscription_id, false).await;
+                        Some((Delivered::Stale, in_flight)) => debug!(
+                            subscription.id = %d.subscription_id,
+                            version = d.version,
+                            ?in_flight,
+                            "Delivered for a notification not in flight; ignored"
+                        ),
+                        Some((Delivered::Current { follow_up: false }, _)) | None => {}
                     }
                 } else if self.drop_sub(&d.subscription_id) {
+                    // Whatever version it answers, the proxy has ended the dialog.
                     debug!(subscription.id = %d.subscription_id, ?outcome, "subscriber refused a notification; dropped");
                 }
                 Ok(())
@@ -284,7 +438,7 @@ impl Session {
         }
     }
 
-    async fn on_subscribe(&mut self, s: v1::Subscribe) -> Result<(), PeerGone> {
+    async fn on_subscribe(&mut self, s: v1::Subscribe) -> Result<(), Stop> {
         let id = s.subscription_id.clone();
         if id.is_empty() || self.registry.contains(&id) || self.pending.contains_key(&id) {
             warn!(subscription.id = %id, "duplicate or empty subscription id");
@@ -350,7 +504,7 @@ impl Session {
         Ok(())
     }
 
-    async fn on_refresh(&mut self, r: v1::Refresh) -> Result<(), PeerGone> {
+    async fn on_refresh(&mut self, r: v1::Refresh) -> Result<(), Stop> {
         if let Some(queue) = self.verifying.get_mut(&r.subscription_id) {
             if queue.len() >= MAX_QUEUED_REFRESHES {
                 let id = r.subscription_id;
@@ -366,7 +520,7 @@ impl Session {
 
     /// A refresh with credentials is verified in a task (the subscription's later refreshes
     /// queue behind it); one without is applied at once.
-    async fn start_refresh(&mut self, mut r: v1::Refresh) -> Result<(), PeerGone> {
+    async fn start_refresh(&mut self, mut r: v1::Refresh) -> Result<(), Stop> {
         let creds = if self.ctx.auth.is_some() && self.registry.contains(&r.subscription_id) {
             credentials_from_proto(r.credentials.take())
         } else {
@@ -412,7 +566,7 @@ impl Session {
         r: v1::Refresh,
         username: Option<String>,
         verdict: Result<Verdict, DirectoryError>,
-    ) -> Result<(), PeerGone> {
+    ) -> Result<(), Stop> {
         let id = r.subscription_id.clone();
         match verdict {
             Err(e) => {
@@ -443,7 +597,7 @@ impl Session {
 
     /// Applies the refreshes queued behind a verified one, up to the next that needs
     /// verifying.
-    async fn drain_refreshes(&mut self, id: &str) -> Result<(), PeerGone> {
+    async fn drain_refreshes(&mut self, id: &str) -> Result<(), Stop> {
         loop {
             let Some(queue) = self.verifying.get_mut(id) else {
                 return Ok(());
@@ -463,7 +617,7 @@ impl Session {
     }
 
     /// A refresh whose credentials (if any) are settled: new expiry, or the end.
-    async fn apply_refresh(&mut self, r: v1::Refresh) -> Result<(), PeerGone> {
+    async fn apply_refresh(&mut self, r: v1::Refresh) -> Result<(), Stop> {
         let id = r.subscription_id;
         let Some(identity) = self.registry.get(&id).map(|s| s.identity.clone()) else {
             return self
@@ -502,7 +656,7 @@ impl Session {
         self.send_state(&id, true).await
     }
 
-    async fn on_admitted(&mut self, admitted: Admitted) -> Result<(), PeerGone> {
+    async fn on_admitted(&mut self, admitted: Admitted) -> Result<(), Stop> {
         let Admitted {
             id,
             subscriber,
@@ -589,7 +743,7 @@ impl Session {
 
     /// Users whose lists changed: each of their subscriptions gets the new state (subject
     /// to flow and rate control).
-    async fn on_users_changed(&mut self) -> Result<(), PeerGone> {
+    async fn on_users_changed(&mut self) -> Result<(), Stop> {
         for user in self.wake.take() {
             for id in self.registry.subs_of(&user) {
                 self.send_state(&id, false).await?;
@@ -598,7 +752,7 @@ impl Session {
         Ok(())
     }
 
-    async fn on_deadline(&mut self) -> Result<(), PeerGone> {
+    async fn on_deadline(&mut self) -> Result<(), Stop> {
         let now = Instant::now();
         for (id, mut sub) in self.registry.take_expired(now) {
             self.ctx.metrics.subscriptions.dec();
@@ -614,7 +768,7 @@ impl Session {
     }
 
     /// Sends what `id`'s client should now see, if anything (see [`subscription::plan`]).
-    async fn send_state(&mut self, id: &str, owed: bool) -> Result<(), PeerGone> {
+    async fn send_state(&mut self, id: &str, owed: bool) -> Result<(), Stop> {
         let now = Instant::now();
         let Some(user) = self.registry.get(id).map(|s| s.subscriber.clone()) else {
             return Ok(());
@@ -678,6 +832,18 @@ impl Session {
                 break;
             }
         }
+        // The last words must reach the proxy: give it up to the stall timeout to take what
+        // is still in the backlog.
+        let give_up = Instant::now() + self.ctx.stall_timeout;
+        while !self.out.backlog.is_empty() {
+            let moved = tokio::select! {
+                room = self.out.room() => room.and_then(|()| self.out.flush()),
+                () = tokio::time::sleep_until(give_up) => Err(Stop::Stalled),
+            };
+            if moved.is_err() {
+                break;
+            }
+        }
     }
 
     async fn terminate(
@@ -685,7 +851,7 @@ impl Session {
         id: &str,
         sub: &mut Subscription,
         reason: TerminationReason,
-    ) -> Result<(), PeerGone> {
+    ) -> Result<(), Stop> {
         let version = sub.take_version();
         self.send_notification(id, version, SubscriptionState::Terminated, reason, 0, None)
             .await
@@ -699,7 +865,7 @@ impl Session {
         reason: TerminationReason,
         expires: u32,
         doc: Option<ConferenceList>,
-    ) -> Result<(), PeerGone> {
+    ) -> Result<(), Stop> {
         let (content_type, body) = match doc {
             Some(d) => (document::CONTENT_TYPE.to_owned(), d.render()),
             None => (String::new(), Vec::new()),
@@ -722,7 +888,7 @@ impl Session {
         .await
     }
 
-    async fn reject(&mut self, id: &str, request_id: u64, r: &Rejection) -> Result<(), PeerGone> {
+    async fn reject(&mut self, id: &str, request_id: u64, r: &Rejection) -> Result<(), Stop> {
         let (status, min) = match r {
             Rejection::BadEvent => (AnswerStatus::BadEvent, 0),
             Rejection::NotAcceptable => (AnswerStatus::NotAcceptable, 0),
@@ -745,7 +911,7 @@ impl Session {
         granted_expires: u32,
         min_expires: u32,
         reason: &str,
-    ) -> Result<(), PeerGone> {
+    ) -> Result<(), Stop> {
         let answer = self.answer(
             id,
             request_id,
@@ -782,7 +948,7 @@ impl Session {
         id: &str,
         request_id: u64,
         outcome: &Outcome,
-    ) -> Result<(), PeerGone> {
+    ) -> Result<(), Stop> {
         let answer = match (outcome, &self.ctx.auth) {
             (Outcome::Challenge { stale }, Some(a)) => {
                 let c = a.challenge(*stale, unix_now());
@@ -832,11 +998,9 @@ impl Session {
             .inc();
     }
 
-    async fn send(&mut self, kind: server_message::Kind) -> Result<(), PeerGone> {
-        self.out
-            .send(Ok(ServerMessage { kind: Some(kind) }))
-            .await
-            .map_err(|_| PeerGone)
+    /// Hands a message to the send path; never waits for the proxy.
+    async fn send(&mut self, kind: server_message::Kind) -> Result<(), Stop> {
+        self.out.send(ServerMessage { kind: Some(kind) })
     }
 }
 
@@ -999,12 +1163,13 @@ mod tests {
             auth,
             trust_flow_identity,
             max_subscriptions_per_user: max_per_user,
+            stall_timeout: Duration::from_secs(10),
         })
     }
 
     struct Harness {
         session: Session,
-        rx: mpsc::Receiver<Result<ServerMessage, Status>>,
+        rx: mpsc::Receiver<ServerMessage>,
         next_request: u64,
     }
 
@@ -1046,9 +1211,9 @@ mod tests {
             std::iter::from_fn(|| self.rx.try_recv().ok()).any(|m| {
                 matches!(
                     m,
-                    Ok(ServerMessage {
+                    ServerMessage {
                         kind: Some(server_message::Kind::Notification(_))
-                    })
+                    }
                 )
             })
         }
@@ -1063,7 +1228,7 @@ mod tests {
                 self.session.on_done(done.unwrap()).await.unwrap();
             }
             loop {
-                match self.rx.try_recv().unwrap().unwrap().kind {
+                match self.rx.try_recv().unwrap().kind {
                     Some(server_message::Kind::Answer(a)) => return a,
                     _ => continue,
                 }
@@ -1468,5 +1633,100 @@ mod tests {
         assert_eq!(a.reason, "too many subscriptions for this user");
         let a = h.subscribe("s4", "bob", None, "sip:bob@example.com").await;
         assert_eq!(status(&a), AnswerStatus::Ok, "per user");
+    }
+
+    fn answer_msg(n: u64) -> ServerMessage {
+        ServerMessage {
+            kind: Some(server_message::Kind::Answer(Answer {
+                request_id: n,
+                ..Answer::default()
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_send_path_never_waits_and_ends_a_session_whose_backlog_is_full() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let mut out = Outbound::new(tx);
+        for n in 0..5 {
+            out.send(answer_msg(n)).unwrap();
+        }
+        assert_eq!(out.backlog.len(), 3, "the stream's queue took two");
+        assert!(out.stalled_since.is_some());
+
+        // The proxy reads one: the backlog moves on, in order, and its clock restarts.
+        let first = out.stalled_since;
+        assert_eq!(rx.recv().await.unwrap(), answer_msg(0));
+        out.room().await.unwrap();
+        out.flush().unwrap();
+        assert_eq!(out.backlog.len(), 2);
+        assert!(out.stalled_since >= first);
+        for n in 1..5 {
+            assert_eq!(rx.recv().await.unwrap(), answer_msg(n));
+            out.flush().unwrap();
+        }
+        assert!(out.backlog.is_empty() && out.stalled_since.is_none());
+
+        // A proxy that reads nothing: the backlog fills, then the session must end.
+        for n in 0..(2 + SESSION_BACKLOG as u64) {
+            out.send(answer_msg(n)).unwrap();
+        }
+        assert_eq!(out.backlog.len(), SESSION_BACKLOG);
+        assert_eq!(out.send(answer_msg(0)), Err(Stop::Stalled));
+
+        drop(rx);
+        assert_eq!(out.flush(), Err(Stop::PeerGone));
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_with_the_stall_status_after_what_was_queued() {
+        use tokio_stream::StreamExt;
+        let (tx, rx) = mpsc::channel(4);
+        let (end_tx, end_rx) = oneshot::channel();
+        let mut stream = Outgoing {
+            rx,
+            end: Some(end_rx),
+        };
+        tx.send(answer_msg(1)).await.unwrap();
+        end_tx.send(Status::unavailable("stalled")).unwrap();
+        drop(tx);
+        assert_eq!(stream.next().await.unwrap().unwrap(), answer_msg(1));
+        let status = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_delivered_for_another_version_does_not_clear_the_one_in_flight() {
+        let mut h = Harness::new(false).await;
+        let a = h.subscribe("s1", "alice", None, "").await;
+        assert_eq!(status(&a), AnswerStatus::Ok);
+        let in_flight = |h: &Harness| h.session.registry.get("s1").unwrap().in_flight;
+        assert_eq!(in_flight(&h), Some(0), "the first notification");
+        let delivered = |version| {
+            proxy_message::Kind::Delivered(v1::Delivered {
+                subscription_id: "s1".into(),
+                version,
+                outcome: DeliveryOutcome::Accepted.into(),
+            })
+        };
+        h.session
+            .on_message(ProxyMessage {
+                kind: Some(delivered(5)),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            in_flight(&h),
+            Some(0),
+            "a Delivered for version 5 is ignored"
+        );
+        h.session
+            .on_message(ProxyMessage {
+                kind: Some(delivered(0)),
+            })
+            .await
+            .unwrap();
+        assert_eq!(in_flight(&h), None);
     }
 }

@@ -5,8 +5,10 @@
 //! `transport::connection` to carry out. It owns each dialog's tags, CSeqs, route set and
 //! remote target (RFC 3261 §12), and the NOTIFY client transaction towards the client: one in
 //! flight per dialog, newer notifications queued behind it, CSeq strictly increasing, Timer F
-//! as a deadline (RFC 3261 §17.1.2.2; reliable transports never retransmit). No I/O, no clock,
-//! no global randomness: the caller passes `now` and a seed.
+//! as a deadline (RFC 3261 §17.1.2.2; reliable transports never retransmit). An error answer
+//! with `Retry-After` is not a failed NOTIFY (RFC 6665 §4.2.2): the same notification goes out
+//! again after that delay, as a new transaction, a bounded number of times ([`NotifyRetry`]).
+//! No I/O, no clock, no global randomness: the caller passes `now` and a seed.
 
 mod build;
 #[cfg(test)]
@@ -35,6 +37,31 @@ pub const ALLOW: &str = "SUBSCRIBE, OPTIONS";
 pub const MAX_QUEUED_NOTIFICATIONS: usize = 16;
 /// SUBSCRIBEs of one dialog waiting for the notifier at once.
 pub const MAX_PENDING_REQUESTS: usize = 4;
+/// Default [`NotifyRetry::max_retry_after`] (`--notify-max-retry-after`).
+pub const DEFAULT_NOTIFY_MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Default [`NotifyRetry::max_retries`] (`--notify-retries`).
+pub const DEFAULT_NOTIFY_RETRIES: u32 = 3;
+
+/// How a NOTIFY answered with an error carrying `Retry-After` is retried. RFC 6665 §4.2.2
+/// counts only a timeout or an error without Retry-After as a failed NOTIFY; the bounds keep
+/// a client that always asks for more time from holding its dialog forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotifyRetry {
+    /// Longest Retry-After honoured; an answer asking for longer ends the subscription.
+    pub max_retry_after: Duration,
+    /// Retries of one notification; the next error answer ends the subscription. Zero
+    /// ends it at the first error, with or without Retry-After.
+    pub max_retries: u32,
+}
+
+impl Default for NotifyRetry {
+    fn default() -> Self {
+        Self {
+            max_retry_after: DEFAULT_NOTIFY_MAX_RETRY_AFTER,
+            max_retries: DEFAULT_NOTIFY_RETRIES,
+        }
+    }
+}
 
 /// Settings shared by every connection's dialogs.
 #[derive(Debug, Clone)]
@@ -55,6 +82,8 @@ pub struct DialogConfig {
     /// SUBSCRIBEs of the flow without credentials; zero turns flow identities off (for
     /// gateways that multiplex many users on one connection).
     pub flow_identity_lifetime: Duration,
+    /// Retrying NOTIFYs answered with an error and `Retry-After`.
+    pub notify_retry: NotifyRetry,
 }
 
 /// What the shell must do.
@@ -76,6 +105,15 @@ pub enum Action {
     Unroute(SubscriptionId),
     /// A limit refused a request (its response is in the actions too): log and count it.
     Refused(Limit),
+    /// The client answered a NOTIFY with an error and `Retry-After`: the same notification
+    /// goes out again `after` this delay (at the deadline in [`Dialogs::next_deadline`]).
+    /// Log and count it.
+    NotifyRetry {
+        /// The subscription.
+        sub: SubscriptionId,
+        /// The delay the client asked for.
+        after: Duration,
+    },
 }
 
 /// The per-dialog limits the core enforces.
@@ -95,13 +133,22 @@ enum Phase {
     Active,
 }
 
+/// The dialog's one notification between the notifier and the client: a NOTIFY transaction
+/// (Timer F at `deadline`), or one waiting until `deadline` to be sent again.
 #[derive(Debug)]
 struct InFlight {
-    branch: String,
+    /// The transaction's branch; `None` while waiting to retry after `Retry-After`.
+    branch: Option<String>,
     cseq: u32,
     version: u64,
     deadline: Instant,
     terminal: bool,
+    /// What was sent, for a retry.
+    note: Notification,
+    /// When it was first sent: a retry counts its `expires` down from there.
+    first_sent: Instant,
+    /// Retries so far.
+    retries: u32,
 }
 
 #[derive(Debug)]
@@ -478,6 +525,19 @@ impl Dialogs {
                 vec![Action::Upstream(Command::Unsubscribe { sub: n.sub })]
             };
         };
+        if d.phase == Phase::Establishing && matches!(n.state, State::Terminated(_)) {
+            // The notifier answers before it notifies, so this is the proxy's own end of a
+            // lost session: the SUBSCRIBE waiting for that Answer gets 503 now rather than
+            // never (the client retries, RFC 3261 §21.5.4).
+            let mut actions = Vec::new();
+            for (_, req) in std::mem::take(&mut d.pending) {
+                actions.push(reply(&req, StatusCode::SERVICE_UNAVAILABLE, None, |h| {
+                    h.push(HeaderName::RETRY_AFTER, "1")
+                }));
+            }
+            self.remove(&n.sub, &mut actions);
+            return actions;
+        }
         if d.in_flight.is_some() || d.phase == Phase::Establishing {
             if d.queue.len() >= MAX_QUEUED_NOTIFICATIONS {
                 // A client that does not answer NOTIFYs: keep the newest state. The version
@@ -516,12 +576,27 @@ impl Dialogs {
         if !cseq_ok {
             return Vec::new();
         }
-        let Some(done) = d.in_flight.take() else {
+        let Some(mut done) = d.in_flight.take() else {
             return Vec::new();
         };
-        self.by_branch.remove(&done.branch);
+        if let Some(branch) = done.branch.take() {
+            self.by_branch.remove(&branch);
+        }
         self.deadlines.remove(&(done.deadline, sub.clone()));
         let accepted = resp.status.is_success();
+        let retry = (!accepted)
+            .then(|| retry_delay(resp, &done, self.cfg.notify_retry))
+            .flatten()
+            .and_then(|after| Some((after, now.checked_add(after)?)));
+        if let Some((after, at)) = retry {
+            // Not a failed NOTIFY (RFC 6665 §4.2.2): the same notification waits for the
+            // delay, still in flight, so newer ones keep queueing behind it.
+            done.deadline = at;
+            done.retries += 1;
+            self.deadlines.insert((done.deadline, sub.clone()));
+            d.in_flight = Some(done);
+            return vec![Action::NotifyRetry { sub, after }];
+        }
         let outcome = if accepted {
             Outcome::Accepted
         } else {
@@ -543,7 +618,8 @@ impl Dialogs {
         actions
     }
 
-    /// NOTIFY transactions whose Timer F fired by `now` fail; their dialogs end.
+    /// NOTIFY transactions whose Timer F fired by `now` fail; their dialogs end. NOTIFYs
+    /// waiting out a `Retry-After` until `now` go out again.
     pub fn on_timeout(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         while let Some((at, sub)) = self.deadlines.first().cloned() {
@@ -554,7 +630,11 @@ impl Dialogs {
             let Some(done) = self.dialogs.get_mut(&sub).and_then(|d| d.in_flight.take()) else {
                 continue;
             };
-            self.by_branch.remove(&done.branch);
+            let Some(branch) = &done.branch else {
+                self.retry_notify(done, now, &mut actions);
+                continue;
+            };
+            self.by_branch.remove(branch);
             if done.version_known() {
                 actions.push(Action::Upstream(Command::Delivered {
                     sub: sub.clone(),
@@ -578,6 +658,13 @@ impl Dialogs {
             match self.dialogs.get_mut(&sub) {
                 Some(d) if d.phase == Phase::Active => {
                     d.queue.clear();
+                    if d.in_flight.as_ref().is_some_and(|f| f.branch.is_none())
+                        && let Some(f) = d.in_flight.take()
+                    {
+                        // Waiting out a Retry-After: the final word replaces the retry (the
+                        // notifier is being told Unsubscribe anyway).
+                        self.deadlines.remove(&(f.deadline, sub.clone()));
+                    }
                     if d.in_flight.is_none() {
                         self.send_notify(note, now, &mut actions);
                     } else {
@@ -609,6 +696,41 @@ impl Dialogs {
     }
 
     fn send_notify(&mut self, n: Notification, now: Instant, actions: &mut Vec<Action>) {
+        let terminal = matches!(n.state, State::Terminated(_));
+        let version = if n.content_type.is_some() || !terminal {
+            n.version
+        } else {
+            u64::MAX
+        };
+        let flight = InFlight {
+            branch: None,
+            cseq: 0,
+            version,
+            deadline: now,
+            terminal,
+            note: n,
+            first_sent: now,
+            retries: 0,
+        };
+        self.transmit(flight, now, actions);
+    }
+
+    /// Sends the notification waiting out a Retry-After again: same version and body, a new
+    /// transaction (new branch, next CSeq), `expires` counted down from the first attempt.
+    fn retry_notify(&mut self, mut flight: InFlight, now: Instant, actions: &mut Vec<Action>) {
+        if !flight.terminal {
+            // Still active: never 0 (that reads as the end), the notifier ends it on time.
+            let elapsed = now.saturating_duration_since(flight.first_sent).as_secs();
+            let left = u64::from(flight.note.expires)
+                .saturating_sub(elapsed)
+                .max(1);
+            flight.note.expires = u32::try_from(left).unwrap_or(u32::MAX);
+        }
+        self.transmit(flight, now, actions);
+    }
+
+    /// Starts a NOTIFY transaction for `flight` (a new branch, the next CSeq, Timer F).
+    fn transmit(&mut self, mut flight: InFlight, now: Instant, actions: &mut Vec<Action>) {
         let branch = format!("z9hG4bK{}", self.random_hex());
         let contact = self.contact();
         let via = format!(
@@ -616,25 +738,18 @@ impl Dialogs {
             self.cfg.via_transport, self.cfg.local_host
         );
         let deadline = now + self.cfg.notify_timeout;
-        let Some(d) = self.dialogs.get_mut(&n.sub) else {
+        let sub = flight.note.sub.clone();
+        let Some(d) = self.dialogs.get_mut(&sub) else {
             return;
         };
         d.local_cseq += 1;
-        let request = build::notify(d, &n, &via, &contact);
-        let terminal = matches!(n.state, State::Terminated(_));
-        d.in_flight = Some(InFlight {
-            branch: branch.clone(),
-            cseq: d.local_cseq,
-            version: if n.content_type.is_some() || !terminal {
-                n.version
-            } else {
-                u64::MAX
-            },
-            deadline,
-            terminal,
-        });
-        self.by_branch.insert(branch, n.sub.clone());
-        self.deadlines.insert((deadline, n.sub));
+        let request = build::notify(d, &flight.note, &via, &contact);
+        flight.branch = Some(branch.clone());
+        flight.cseq = d.local_cseq;
+        flight.deadline = deadline;
+        d.in_flight = Some(flight);
+        self.by_branch.insert(branch, sub.clone());
+        self.deadlines.insert((deadline, sub));
         actions.push(Action::Send(Message::Request(request)));
     }
 
@@ -642,7 +757,9 @@ impl Dialogs {
         if let Some(d) = self.dialogs.remove(sub) {
             self.by_key.remove(&(d.call_id, d.local_tag));
             if let Some(f) = d.in_flight {
-                self.by_branch.remove(&f.branch);
+                if let Some(branch) = &f.branch {
+                    self.by_branch.remove(branch);
+                }
                 self.deadlines.remove(&(f.deadline, sub.to_owned()));
             }
             actions.push(Action::Unroute(sub.to_owned()));
@@ -681,6 +798,30 @@ impl InFlight {
     fn version_known(&self) -> bool {
         self.version != u64::MAX
     }
+}
+
+/// How long to wait before sending `flight` again after the error answer `resp`, if at all.
+/// RFC 6665 §4.2.2: a non-2xx answer without `Retry-After` fails the NOTIFY; one with it
+/// does not. 481 always ends the dialog (RFC 3261 §12.2.1.2), terminal notifications are
+/// not retried (the subscription ends either way), and `policy` bounds the delay and the
+/// number of attempts.
+fn retry_delay(resp: &Response, flight: &InFlight, policy: NotifyRetry) -> Option<Duration> {
+    if resp.status == StatusCode::CALL_DOES_NOT_EXIST
+        || flight.terminal
+        || flight.retries >= policy.max_retries
+    {
+        return None;
+    }
+    let after = Duration::from_secs(retry_after(resp)?.into());
+    (after <= policy.max_retry_after).then_some(after)
+}
+
+/// The delta-seconds of a response's `Retry-After` (RFC 3261 §20.33: a number, then an
+/// optional comment and parameters).
+fn retry_after(resp: &Response) -> Option<u32> {
+    let value = resp.headers.get(&HeaderName::RETRY_AFTER)?;
+    let seconds = value.split([';', '(']).next()?;
+    sip::parse_delta_seconds(seconds).ok()
 }
 
 /// The parts of a valid initial SUBSCRIBE the dialog needs.

@@ -15,6 +15,7 @@ fn cfg(max_dialogs: usize) -> DialogConfig {
         max_dialogs,
         max_route_set_size: 4096,
         flow_identity_lifetime: Duration::from_secs(600),
+        notify_retry: NotifyRetry::default(),
     }
 }
 
@@ -547,5 +548,212 @@ fn oversized_route_sets_and_bad_credentials_are_refused() {
         response(&actions[0]).reason,
         "Digest uri does not match the Request-URI"
     );
+    assert!(d.is_empty());
+}
+
+fn answer_with_retry_after(notify: &Request, status: u16, retry_after: &str) -> Response {
+    let mut r = answer_to(notify, status);
+    r.headers.push(HeaderName::RETRY_AFTER, retry_after);
+    r
+}
+
+fn branch_of(r: &Request) -> String {
+    sip::Via::parse_all(&r.headers).unwrap()[0]
+        .branch()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn an_error_with_retry_after_sends_the_same_notification_again_later() {
+    let now = Instant::now();
+    let (mut d, sub, _) = established(now);
+    let first = request(&d.on_event(notification(&sub, 0, State::Active), now)[0]).clone();
+    let actions = d.on_response(&answer_with_retry_after(&first, 503, "5"), now);
+    assert_eq!(
+        actions,
+        vec![Action::NotifyRetry {
+            sub: sub.clone(),
+            after: Duration::from_secs(5)
+        }],
+        "no Delivered: the delivery is still under way"
+    );
+    assert_eq!(d.next_deadline(), Some(now + Duration::from_secs(5)));
+    // Still in flight: a newer notification waits behind it.
+    assert!(
+        d.on_event(notification(&sub, 1, State::Active), now)
+            .is_empty()
+    );
+    // A repeated answer to the first transaction changes nothing.
+    assert!(
+        d.on_response(&answer_with_retry_after(&first, 503, "5"), now)
+            .is_empty()
+    );
+    assert!(d.on_timeout(now + Duration::from_secs(4)).is_empty());
+
+    let later = now + Duration::from_secs(5);
+    let actions = d.on_timeout(later);
+    let again = request(&actions[0]).clone();
+    assert_eq!(actions.len(), 1);
+    assert_eq!(again.headers.get(&HeaderName::CSEQ), Some("2 NOTIFY"));
+    assert_ne!(branch_of(&again), branch_of(&first), "a new transaction");
+    assert_eq!(again.body, b"<v0/>", "the same version");
+    assert_eq!(
+        again.headers.get(&HeaderName::SUBSCRIPTION_STATE),
+        Some("active;expires=595"),
+        "expires counts down from the first attempt"
+    );
+    assert_eq!(d.next_deadline(), Some(later + Duration::from_secs(32)));
+
+    let actions = d.on_response(&answer_to(&again, 200), later);
+    assert_eq!(
+        actions[0],
+        Action::Upstream(Command::Delivered {
+            sub,
+            version: 0,
+            outcome: Outcome::Accepted
+        })
+    );
+    let next = request(&actions[1]);
+    assert_eq!(
+        (next.headers.get(&HeaderName::CSEQ), next.body.as_slice()),
+        (Some("3 NOTIFY"), b"<v1/>".as_slice())
+    );
+    assert_eq!(d.len(), 1);
+}
+
+/// The dialog after `status` + `retry_after` (if any) to its first NOTIFY, under `policy`.
+fn after_error(policy: NotifyRetry, status: u16, retry_after: Option<&str>) -> Vec<Action> {
+    let now = Instant::now();
+    let (mut d, sub, _) = established(now);
+    d.cfg.notify_retry = policy;
+    let n = request(&d.on_event(notification(&sub, 0, State::Active), now)[0]).clone();
+    let resp = match retry_after {
+        Some(ra) => answer_with_retry_after(&n, status, ra),
+        None => answer_to(&n, status),
+    };
+    d.on_response(&resp, now)
+}
+
+fn rejected(actions: &[Action]) -> bool {
+    actions
+        == [
+            Action::Upstream(Command::Delivered {
+                sub: "p-0-0".into(),
+                version: 0,
+                outcome: Outcome::Rejected,
+            }),
+            Action::Unroute("p-0-0".into()),
+        ]
+}
+
+#[test]
+fn errors_without_a_usable_retry_after_end_the_subscription() {
+    let policy = NotifyRetry::default();
+    assert!(rejected(&after_error(policy, 503, None)), "no Retry-After");
+    assert!(
+        rejected(&after_error(policy, 500, Some("soon"))),
+        "unparseable"
+    );
+    assert!(
+        rejected(&after_error(policy, 503, Some("31"))),
+        "longer than --notify-max-retry-after"
+    );
+    assert!(
+        rejected(&after_error(policy, 481, Some("1"))),
+        "481: the dialog is gone whatever else it says"
+    );
+    let off = NotifyRetry {
+        max_retries: 0,
+        ..policy
+    };
+    assert!(rejected(&after_error(off, 503, Some("1"))), "retries off");
+    // Any other error with a Retry-After within the bound is retried; the value may carry
+    // a comment and parameters (RFC 3261 §20.33).
+    for (status, ra) in [
+        (503, "30"),
+        (480, "1 (in a meeting);duration=60"),
+        (500, "0"),
+    ] {
+        assert!(
+            matches!(
+                after_error(policy, status, Some(ra)).as_slice(),
+                [Action::NotifyRetry { .. }]
+            ),
+            "{status} Retry-After: {ra}"
+        );
+    }
+}
+
+#[test]
+fn retries_are_bounded_then_the_subscription_ends() {
+    let now = Instant::now();
+    let (mut d, sub, _) = established(now);
+    let mut n = request(&d.on_event(notification(&sub, 0, State::Active), now)[0]).clone();
+    let mut t = now;
+    for attempt in 1..=DEFAULT_NOTIFY_RETRIES {
+        let actions = d.on_response(&answer_with_retry_after(&n, 503, "1"), t);
+        assert!(
+            matches!(actions.as_slice(), [Action::NotifyRetry { .. }]),
+            "retry {attempt}: {actions:?}"
+        );
+        t += Duration::from_secs(1);
+        n = request(&d.on_timeout(t)[0]).clone();
+    }
+    let actions = d.on_response(&answer_with_retry_after(&n, 503, "1"), t);
+    assert!(rejected(&actions), "{actions:?}");
+    assert!(d.is_empty() && d.next_deadline().is_none());
+}
+
+#[test]
+fn a_retried_notify_still_times_out_and_shutdown_does_not_wait_for_a_retry() {
+    let now = Instant::now();
+    let (mut d, sub, _) = established(now);
+    let n = request(&d.on_event(notification(&sub, 0, State::Active), now)[0]).clone();
+    d.on_response(&answer_with_retry_after(&n, 503, "2"), now);
+    let t = now + Duration::from_secs(2);
+    assert_eq!(sent(&d.on_timeout(t)).len(), 1);
+    let actions = d.on_timeout(t + Duration::from_secs(32));
+    assert_eq!(
+        actions,
+        vec![
+            Action::Upstream(Command::Delivered {
+                sub: sub.clone(),
+                version: 0,
+                outcome: Outcome::Timeout
+            }),
+            Action::Unroute(sub),
+        ]
+    );
+
+    let (mut d, sub, _) = established(now);
+    let n = request(&d.on_event(notification(&sub, 0, State::Active), now)[0]).clone();
+    d.on_response(&answer_with_retry_after(&n, 503, "20"), now);
+    let actions = d.on_shutdown(now);
+    let last = request(&actions[1]);
+    assert_eq!(
+        last.headers.get(&HeaderName::SUBSCRIPTION_STATE),
+        Some("terminated;reason=deactivated"),
+        "the final NOTIFY goes out now"
+    );
+    assert_eq!(d.next_deadline(), Some(now + Duration::from_secs(32)));
+}
+
+#[test]
+fn a_lost_session_answers_a_subscribe_still_waiting_for_the_notifier() {
+    let now = Instant::now();
+    let mut d = Dialogs::new(cfg(10), "p-0".into(), 7);
+    d.on_request(subscribe("c1", None, 1, ""), now);
+    let actions = d.on_event(
+        Event::Notification(Notification::terminated(
+            "p-0-0".into(),
+            Reason::Deactivated,
+        )),
+        now,
+    );
+    let r = response(&actions[0]);
+    assert_eq!(r.status.as_u16(), 503);
+    assert_eq!(r.headers.get(&HeaderName::RETRY_AFTER), Some("1"));
+    assert_eq!(actions[1], Action::Unroute("p-0-0".into()));
     assert!(d.is_empty());
 }

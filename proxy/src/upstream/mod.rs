@@ -3,18 +3,28 @@
 //! subscription id. A server is picked per subscriber by rendezvous hashing ([`ring`]), so one
 //! user's subscriptions share that server's cache.
 //!
-//! Bounded everywhere: commands to a server go through a bounded queue (`try_send`: a full
-//! queue answers 503, it never blocks a connection); events to a connection go through the
-//! connection's bounded queue, and a connection that cannot keep up is closed (its client
-//! re-subscribes and gets full state) rather than slowing the other subscriptions.
+//! Bounded everywhere: commands to a server go through a bounded queue (`try_send`, never
+//! blocking a connection); events to a connection go through the connection's bounded queue,
+//! and a connection that cannot keep up is closed (its client re-subscribes and gets full
+//! state) rather than slowing the other subscriptions.
+//!
+//! Each session reads and writes on separate paths: a writer moves commands from the queue
+//! into the stream as the server takes them, while the reader hands every event on with
+//! `try_send` and never waits for the writer, so two peers with full buffers cannot stall
+//! each other. When the queue is full, a new Subscribe or Refresh is answered 503; a
+//! `Delivered` or `Unsubscribe` must never be lost (the server would keep a NOTIFY in flight
+//! or a subscription nobody holds), so one that does not fit ends the session: every
+//! subscription on it ends with `terminated;reason=deactivated` and its client re-subscribes.
 
 mod convert;
 pub mod ring;
+#[cfg(test)]
+mod tests;
 
 use crate::metrics::Metrics;
 use crate::notifier::{Answer, Command, Event, Notification, Reason, SubscriptionId, Verdict};
-use proto::v1::ProxyMessage;
 use proto::v1::subscription_service_client::SubscriptionServiceClient;
+use proto::v1::{ProxyMessage, ServerMessage};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,8 +34,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// Commands buffered per server before new subscriptions get 503.
+/// Commands buffered per server before new subscriptions get 503 (and a `Delivered` or
+/// `Unsubscribe` ends the session).
 pub const COMMAND_QUEUE: usize = 8192;
+/// Commands handed to the gRPC stream but not yet taken by it; the writer waits for room
+/// here, the queue above absorbs the rest.
+const STREAM_QUEUE: usize = 256;
+/// On shutdown, how long the session may take to flush the last commands (the connections'
+/// final Unsubscribes) and see the server close its side.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How the sessions to the servers are secured (DESIGN: mutual TLS or a checked secret).
 #[derive(Debug, Clone, Default)]
@@ -68,9 +85,23 @@ pub struct Upstream {
     routes: Routes,
     connected: AtomicBool,
     metrics: Metrics,
+    /// Cancelled to end the current session: a `Delivered` or `Unsubscribe` did not fit in
+    /// the command queue. Each session installs a fresh token.
+    end_session: Mutex<CancellationToken>,
 }
 
 impl Upstream {
+    fn new(endpoint: String, commands: mpsc::Sender<ProxyMessage>, metrics: Metrics) -> Self {
+        Self {
+            endpoint,
+            commands,
+            routes: Arc::default(),
+            connected: AtomicBool::new(false),
+            metrics,
+            end_session: Mutex::new(CancellationToken::new()),
+        }
+    }
+
     /// The server's endpoint URL.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
@@ -92,20 +123,28 @@ impl Upstream {
     }
 
     /// Sends a command without waiting. When the server is unreachable or its queue is full,
-    /// a Subscribe or Refresh is answered `Unavailable` at once (the client gets 503).
+    /// a Subscribe or Refresh is answered `Unavailable` at once (the client gets 503). A
+    /// `Delivered` or `Unsubscribe` that finds the queue full ends the session instead of
+    /// being lost; with no session up there is nothing left for it to update.
     pub fn send(&self, command: Command) {
         let verdict_needed = match &command {
             Command::Subscribe { request_id, .. } | Command::Refresh { request_id, .. } => {
                 Some(*request_id)
             }
-            _ => None,
+            Command::Unsubscribe { .. } | Command::Delivered { .. } => None,
         };
         let sub = command.sub().to_owned();
-        let sent =
-            self.is_connected() && self.commands.try_send(convert::to_proto(command)).is_ok();
-        if !sent {
-            self.metrics.upstream_unavailable.inc();
-            if let Some(request_id) = verdict_needed {
+        let result = if self.is_connected() {
+            self.commands.try_send(convert::to_proto(command))
+        } else {
+            Err(mpsc::error::TrySendError::Closed(ProxyMessage::default()))
+        };
+        let Err(error) = result else {
+            return;
+        };
+        self.metrics.upstream_unavailable.inc();
+        match verdict_needed {
+            Some(request_id) => {
                 let answer = Event::Answer(Answer {
                     sub: sub.clone(),
                     request_id,
@@ -113,6 +152,17 @@ impl Upstream {
                 });
                 deliver(&self.routes, &self.metrics, &sub, answer);
             }
+            None if matches!(error, mpsc::error::TrySendError::Full(_)) => {
+                let end = lock(&self.end_session);
+                if end.is_cancelled() {
+                    debug!(subscription.id = %sub, "command queue full; the session is ending");
+                } else {
+                    self.metrics.upstream_queue_overflows.inc();
+                    warn!(endpoint = %self.endpoint, subscription.id = %sub, "command queue full: ending the session rather than losing a Delivered or Unsubscribe");
+                    end.cancel();
+                }
+            }
+            None => {}
         }
     }
 }
@@ -136,13 +186,7 @@ impl Upstreams {
             .iter()
             .map(|endpoint| {
                 let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-                let up = Arc::new(Upstream {
-                    endpoint: endpoint.clone(),
-                    commands: tx,
-                    routes: Arc::default(),
-                    connected: AtomicBool::new(false),
-                    metrics: metrics.clone(),
-                });
+                let up = Arc::new(Upstream::new(endpoint.clone(), tx, metrics.clone()));
                 tracker.spawn(run_session(
                     up.clone(),
                     security.clone(),
@@ -223,7 +267,9 @@ async fn run_session(
                 continue;
             }
         };
-        let (stream_tx, stream_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
+        let end = CancellationToken::new();
+        *lock(&up.end_session) = end.clone();
         let response = tokio::select! {
             r = client.session(ReceiverStream::new(stream_rx)) => r,
             () = shutdown.cancelled() => return,
@@ -244,40 +290,89 @@ async fn run_session(
         up.connected.store(true, Ordering::Relaxed);
         up.metrics.upstream_sessions.inc();
         info!(endpoint = %up.endpoint, "server session up");
-        let ended = loop {
+        let ended = {
+            // Two paths, polled side by side: neither waits for the other.
+            let writer = write_commands(&mut commands, &stream_tx);
+            let reader = read_events(&up, &mut inbound);
             tokio::select! {
-                cmd = commands.recv() => match cmd {
-                    Some(cmd) => if stream_tx.send(cmd).await.is_err() { break "stream closed" },
-                    None => break "proxy stopping",
-                },
-                msg = inbound.message() => match msg {
-                    Ok(Some(msg)) => {
-                        if let Some((sub, event)) = convert::from_proto(msg) {
-                            deliver(&up.routes, &up.metrics, &sub, event);
-                        }
-                    }
-                    Ok(None) => break "server closed the session",
-                    Err(status) => { debug!(%status, "session error"); break "session failed" }
-                },
+                why = writer => why,
+                why = reader => why,
+                () = end.cancelled() => "command queue full",
                 // Cancelled after the connections have drained: flush what they queued
-                // (their final Unsubscribes), then end the session.
-                () = shutdown.cancelled() => {
-                    while let Ok(cmd) = commands.try_recv() {
-                        if stream_tx.send(cmd).await.is_err() {
-                            break;
-                        }
-                    }
-                    break "proxy stopping";
-                }
+                // (their final Unsubscribes) below, then end the session.
+                () = shutdown.cancelled() => "proxy stopping",
             }
         };
+        if ended == "proxy stopping" {
+            flush(&mut commands, stream_tx, &mut inbound).await;
+        }
         up.connected.store(false, Ordering::Relaxed);
         up.metrics.upstream_sessions.dec();
         warn!(endpoint = %up.endpoint, reason = ended, "server session down");
+        // Commands still queued were meant for the session that is gone: requests get 503
+        // while their routes still exist, the rest described state the server has dropped.
+        drain_while_down(&up, &mut commands);
         lose_all(&up);
         if ended == "proxy stopping" || shutdown.is_cancelled() {
             return;
         }
+    }
+}
+
+/// The session's send path: moves commands into the stream as fast as the server takes
+/// them. Room in the stream is reserved before a command is taken off the queue, so a
+/// cancelled writer never loses one.
+async fn write_commands(
+    commands: &mut mpsc::Receiver<ProxyMessage>,
+    stream: &mpsc::Sender<ProxyMessage>,
+) -> &'static str {
+    loop {
+        let Ok(permit) = stream.reserve().await else {
+            return "stream closed";
+        };
+        let Some(cmd) = commands.recv().await else {
+            return "proxy stopping";
+        };
+        permit.send(cmd);
+    }
+}
+
+/// The session's receive path: hands every event to its connection without waiting.
+async fn read_events(up: &Upstream, inbound: &mut tonic::Streaming<ServerMessage>) -> &'static str {
+    loop {
+        match inbound.message().await {
+            Ok(Some(msg)) => {
+                if let Some((sub, event)) = convert::from_proto(msg) {
+                    deliver(&up.routes, &up.metrics, &sub, event);
+                }
+            }
+            Ok(None) => return "server closed the session",
+            Err(status) => {
+                debug!(%status, "session error");
+                return "session failed";
+            }
+        }
+    }
+}
+
+/// Shutdown: sends what is still queued, closes our side and waits (bounded) for the
+/// server to close its own, so the final Unsubscribes are read before the stream goes.
+async fn flush(
+    commands: &mut mpsc::Receiver<ProxyMessage>,
+    stream: mpsc::Sender<ProxyMessage>,
+    inbound: &mut tonic::Streaming<ServerMessage>,
+) {
+    let done = async {
+        while let Ok(cmd) = commands.try_recv() {
+            if stream.send(cmd).await.is_err() {
+                return;
+            }
+        }
+        drop(stream);
+        while let Ok(Some(_)) = inbound.message().await {}
+    };
+    if tokio::time::timeout(FLUSH_TIMEOUT, done).await.is_err() {
+        debug!("server did not take the last commands in time");
     }
 }
 

@@ -9,7 +9,7 @@ mod notify;
 mod registry;
 
 pub use notify::{NotifyPolicy, Plan, STALE_IN_FLIGHT, plan};
-pub use registry::{Registry, Subscription};
+pub use registry::{Delivered, Registry, Subscription};
 
 /// The only event package this service serves.
 pub const EVENT_PACKAGE: &str = "conference-list";

@@ -45,7 +45,7 @@ pub fn plan(
     policy: NotifyPolicy,
 ) -> Plan {
     sub.owed |= owed;
-    if sub.in_flight {
+    if sub.in_flight.is_some() {
         let stale_at = sub.last_sent.map(|t| t + STALE_IN_FLIGHT);
         if stale_at.is_none_or(|at| now < at) {
             sub.pending = true;
@@ -54,7 +54,7 @@ pub fn plan(
         }
         // Whether the client got it is unknown: send full state, which a client accepts at
         // any version, so nothing is lost either way.
-        sub.in_flight = false;
+        sub.in_flight = None;
         sub.sent = None;
     }
     // The cache swaps in a new list only when it changed, so identity is enough here; a
@@ -103,7 +103,7 @@ pub fn plan(
         None => full(),
     };
     sub.sent = Some(latest.clone());
-    sub.in_flight = true;
+    sub.in_flight = Some(version);
     sub.pending = false;
     sub.owed = false;
     sub.last_sent = Some(now);
@@ -179,7 +179,7 @@ mod tests {
         assert!(sub.pending);
 
         // Delivered, but inside the minimum interval: deferred to last + interval.
-        sub.in_flight = false;
+        sub.in_flight = None;
         let t1 = t0 + Duration::from_millis(50);
         assert_eq!(
             plan(&mut sub, &v1, t1, false, POLICY),
@@ -193,7 +193,7 @@ mod tests {
         assert_eq!(d.entries, vec![Entry::Full(conf(1, "B"))]);
 
         // Nothing new: nothing sent.
-        sub.in_flight = false;
+        sub.in_flight = None;
         assert_eq!(
             plan(&mut sub, &v1, t2 + Duration::from_secs(1), false, POLICY),
             Plan::Nothing
@@ -206,7 +206,7 @@ mod tests {
         let mut sub = Subscription::new("sip:a@example.com".into(), t0, 4);
         let v = list(&["a", "b", "c"]);
         sent(plan(&mut sub, &v, t0, false, POLICY));
-        sub.in_flight = false;
+        sub.in_flight = None;
         let d = sent(plan(
             &mut sub,
             &v,
@@ -246,7 +246,7 @@ mod tests {
         let mut sub = Subscription::new("sip:a@example.com".into(), t0, 0);
         let before = list(&["a", "b", "c", "d"]);
         sent(plan(&mut sub, &before, t0, false, POLICY));
-        sub.in_flight = false;
+        sub.in_flight = None;
         let after = Arc::new(before[..3].to_vec());
         let later = t0 + Duration::from_secs(1);
         let d = sent(plan(&mut sub, &after, later, false, POLICY));
@@ -261,7 +261,7 @@ mod tests {
             full_only: true,
             ..POLICY
         };
-        sub.in_flight = false;
+        sub.in_flight = None;
         let d = sent(plan(
             &mut sub,
             &before,
@@ -270,6 +270,39 @@ mod tests {
             forced,
         ));
         assert_eq!((d.state, d.entries.len()), (DocumentState::Full, 4));
+    }
+
+    #[test]
+    fn only_a_delivered_for_the_version_in_flight_clears_it() {
+        use crate::subscription::Delivered;
+        let t0 = Instant::now();
+        let mut sub = Subscription::new("sip:a@example.com".into(), t0, 0);
+        let v0 = list(&["a", "b", "c"]);
+        assert_eq!(sent(plan(&mut sub, &v0, t0, false, POLICY)).version, 0);
+        assert_eq!(sub.delivered(7), Delivered::Stale, "not what is in flight");
+        assert_eq!(sub.in_flight, Some(0));
+
+        // Version 0 counts as lost; version 1 goes out as full state.
+        let v1 = list(&["a", "B", "c"]);
+        let d = sent(plan(&mut sub, &v1, t0 + STALE_IN_FLIGHT, false, POLICY));
+        assert_eq!((d.version, d.state), (1, DocumentState::Full));
+        // The late answer to version 0 must not let version 2 overtake version 1.
+        assert_eq!(sub.delivered(0), Delivered::Stale);
+        assert_eq!(sub.in_flight, Some(1));
+        let v2 = list(&["a", "B", "C"]);
+        let later = t0 + STALE_IN_FLIGHT + Duration::from_secs(1);
+        assert!(matches!(
+            plan(&mut sub, &v2, later, false, POLICY),
+            Plan::Defer(_)
+        ));
+        assert_eq!(
+            sub.delivered(1),
+            Delivered::Current { follow_up: true },
+            "newer state waits"
+        );
+        assert_eq!(sub.in_flight, None);
+        assert_eq!(sub.delivered(1), Delivered::Stale, "answered once");
+        assert_eq!(sent(plan(&mut sub, &v2, later, false, POLICY)).version, 2);
     }
 
     proptest::proptest! {
@@ -294,7 +327,7 @@ mod tests {
                 let latest: Arc<Vec<Conference>> =
                     Arc::new(step.iter().map(|(n, s)| conf(*n, s)).collect());
                 let now = t0 + Duration::from_secs(i as u64 + 1);
-                sub.in_flight = false;
+                sub.in_flight = None;
                 match plan(&mut sub, &latest, now, false, policy) {
                     Plan::Send(doc) => {
                         // Through the wire form, as a client sees it.

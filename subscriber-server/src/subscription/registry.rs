@@ -22,8 +22,9 @@ pub struct Subscription {
     /// The list as the client holds it after the last Notification (shared with the
     /// cache while current, so an up-to-date subscription costs one pointer).
     pub sent: Option<Arc<Vec<Conference>>>,
-    /// A Notification awaits the client's answer (one transaction at a time).
-    pub in_flight: bool,
+    /// The version of the Notification awaiting the client's answer (one transaction at a
+    /// time); only a `Delivered` for this version clears it.
+    pub in_flight: Option<u64>,
     /// Newer state is waiting (behind the one in flight, or for the rate limit).
     pub pending: bool,
     /// A NOTIFY is owed even if nothing changed (a refresh, RFC 6665 §4.2.1.2).
@@ -41,7 +42,7 @@ impl Subscription {
             expires_at,
             next_version: first_version,
             sent: None,
-            in_flight: false,
+            in_flight: None,
             pending: false,
             owed: false,
             last_sent: None,
@@ -53,6 +54,19 @@ impl Subscription {
     pub fn with_identity(mut self, identity: Option<String>) -> Self {
         self.identity = identity;
         self
+    }
+
+    /// The client accepted the Notification of `version`. Only the one in flight counts: a
+    /// late answer to an older one (sent again as full state after [`super::STALE_IN_FLIGHT`])
+    /// must not let a newer Notification overtake the one still unanswered.
+    pub fn delivered(&mut self, version: u64) -> Delivered {
+        if self.in_flight != Some(version) {
+            return Delivered::Stale;
+        }
+        self.in_flight = None;
+        Delivered::Current {
+            follow_up: self.pending || self.owed,
+        }
     }
 
     /// Takes the version for the next Notification (strictly increasing by one).
@@ -68,6 +82,19 @@ impl Subscription {
         let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
         u32::try_from(secs).unwrap_or(u32::MAX)
     }
+}
+
+/// What a `Delivered{accepted}` did to a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// It answered a Notification other than the one in flight (or none is): ignored.
+    Stale,
+    /// It answered the one in flight, which is cleared; `follow_up` when newer state or an
+    /// owed NOTIFY is waiting to be sent.
+    Current {
+        /// Whether to plan the next Notification now.
+        follow_up: bool,
+    },
 }
 
 /// Subscriptions by id, by user, and ordered deadline indexes.
