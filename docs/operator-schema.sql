@@ -3,7 +3,10 @@
 -- the system test `operator_schema` runs this file as it is.
 
 -- The operator's own tables: integer keys, logins instead of SIP URIs, host flag instead
--- of a role, time window in two columns, media as a boolean pair.
+-- of a role, time window in two columns, media as a boolean pair. The README installs
+-- triggers on rooms and room_access only: a change to accounts (a login renamed) is not
+-- logged, and reaches subscribers through the server's periodic verification
+-- (--verify-interval) instead.
 CREATE TABLE accounts (
     id    SERIAL PRIMARY KEY,
     login TEXT NOT NULL UNIQUE

@@ -20,6 +20,15 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
 pub const DEFAULT_MAX_SUBSCRIBES_PER_ADDRESS: u32 = 20;
 /// Default `--max-tracked-addresses`: bound of each per-address table.
 pub const DEFAULT_MAX_TRACKED_ADDRESSES: usize = 65_536;
+/// Default `--web-page`: the sign-in and list page is served on the WebSocket port.
+pub const DEFAULT_WEB_PAGE: &str = "on";
+/// Default `--web-title`.
+pub const DEFAULT_WEB_TITLE: &str = "Conference list";
+/// Default `--web-sip-domain`: completes a bare user name typed on the page (the server's
+/// default `--sip-domain`).
+pub const DEFAULT_WEB_SIP_DOMAIN: &str = "example.com";
+/// Longest `--web-title`, characters.
+pub const MAX_WEB_TITLE_CHARS: usize = 200;
 
 /// A listen address, or `off` for a listener that is not wanted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +169,14 @@ pub struct Config {
     /// NOTIFY transaction timeout (RFC 3261 Timer F = 64*T1).
     #[arg(long, env = "CONFLIST_NOTIFY_TIMEOUT", default_value = "32s", value_parser = humantime::parse_duration)]
     pub notify_timeout: Duration,
+    /// Longest `Retry-After` honoured on an error answer to a NOTIFY: the same NOTIFY is
+    /// sent again after it (RFC 6665 §4.2.2); a longer one ends the subscription.
+    #[arg(long, env = "CONFLIST_NOTIFY_MAX_RETRY_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub notify_max_retry_after: Duration,
+    /// Retries of one NOTIFY answered with an error and `Retry-After`; 0 ends the
+    /// subscription at the first error answer.
+    #[arg(long, env = "CONFLIST_NOTIFY_RETRIES", default_value_t = crate::dialog::DEFAULT_NOTIFY_RETRIES)]
+    pub notify_retries: u32,
     /// WebSocket ping interval; a peer silent for two intervals is dropped.
     #[arg(long, env = "CONFLIST_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub keepalive_interval: Duration,
@@ -172,11 +189,26 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(long, env = "CONFLIST_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Serve the web page (sign-in and live list) on plain `GET`s of the WebSocket port(s):
+    /// `on` or `off`. Upgrades get SIP either way.
+    #[arg(long, env = "CONFLIST_WEB_PAGE", default_value = DEFAULT_WEB_PAGE, value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub web_page: bool,
+    /// Title and heading of the web page.
+    #[arg(long, env = "CONFLIST_WEB_TITLE", default_value = DEFAULT_WEB_TITLE)]
+    pub web_title: String,
+    /// WebSocket URL the web page connects to (`ws://…` or `wss://…`; default: the page's own
+    /// host, `wss:` when the page came over HTTPS).
+    #[arg(long, env = "CONFLIST_WEB_WS_URL")]
+    pub web_ws_url: Option<String>,
+    /// Domain the web page adds to a bare user name (`alice` → `sip:alice@DOMAIN`).
+    #[arg(long, env = "CONFLIST_WEB_SIP_DOMAIN", default_value = DEFAULT_WEB_SIP_DOMAIN)]
+    pub web_sip_domain: String,
 }
 
 impl Config {
     /// Checks values; the message is printed before exit code 64.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_ranges()?;
         if self.servers.iter().all(|s| s.trim().is_empty()) {
             return Err("at least one --server is required".into());
         }
@@ -184,12 +216,6 @@ impl Config {
             if !(s.starts_with("http://") || s.starts_with("https://")) {
                 return Err(format!("--server {s:?} must be an http:// or https:// URL"));
             }
-        }
-        if self.max_connections == 0 || self.max_dialogs_per_connection == 0 {
-            return Err("connection and dialog limits must be at least 1".into());
-        }
-        if self.max_message_size < 1024 {
-            return Err("--max-message-size must be at least 1024".into());
         }
         if self.grpc_tls_cert.is_some() && self.grpc_ca.is_none() {
             return Err("--grpc-tls-cert needs --grpc-ca (client certificates are shown only over TLS to https:// servers)".into());
@@ -199,10 +225,8 @@ impl Config {
                 "https:// servers need --grpc-ca (the CA that signed their certificates)".into(),
             );
         }
-        if self.keepalive_interval.is_zero() || self.notify_timeout.is_zero() {
-            return Err("durations must be positive".into());
-        }
         self.validate_listeners()?;
+        self.validate_web()?;
         Ok(())
     }
 
@@ -219,17 +243,51 @@ impl Config {
             (None, None, None) => {}
             (None, _, _) => return Err("--tls-cert and --tls-key need --wss-listen".into()),
         }
-        if self.handshake_timeout.is_zero() || self.idle_timeout.is_zero() {
-            return Err("--handshake-timeout and --idle-timeout must be positive".into());
-        }
-        if self.max_connections_per_address == 0
-            || self.max_subscribes_per_address == 0
-            || self.max_tracked_addresses == 0
-        {
-            return Err("per-address limits must be at least 1".into());
-        }
         crate::transport::limits::OriginPolicy::new(&self.allowed_origins)
             .map_err(|e| format!("--allowed-origin: {e}"))?;
+        Ok(())
+    }
+
+    /// The web page's settings, `None` with `--web-page off`; checked in [`Config::validate`].
+    pub fn web(&self) -> Option<crate::web::WebSettings> {
+        self.web_page.then(|| crate::web::WebSettings {
+            title: self.web_title.clone(),
+            ws_url: self.web_ws_url.clone(),
+            sip_domain: self.web_sip_domain.clone(),
+        })
+    }
+
+    /// The web page part of [`Config::validate`].
+    fn validate_web(&self) -> Result<(), String> {
+        let title = self.web_title.trim();
+        if title.is_empty()
+            || title.chars().count() > MAX_WEB_TITLE_CHARS
+            || title.chars().any(char::is_control)
+        {
+            return Err(format!(
+                "--web-title must be 1 to {MAX_WEB_TITLE_CHARS} characters without control characters"
+            ));
+        }
+        if let Some(url) = &self.web_ws_url {
+            let rest = url
+                .strip_prefix("ws://")
+                .or_else(|| url.strip_prefix("wss://"));
+            if rest.is_none_or(|r| r.is_empty() || r.starts_with('/'))
+                || url.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(format!(
+                    "--web-ws-url {url:?} must be a ws:// or wss:// URL with a host"
+                ));
+            }
+        }
+        let domain = &self.web_sip_domain;
+        if domain.is_empty()
+            || !domain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        {
+            return Err(format!("--web-sip-domain {domain:?} is not a host name"));
+        }
         Ok(())
     }
 
@@ -242,6 +300,207 @@ impl Config {
             max_subscribes_per_address: self.max_subscribes_per_address,
             max_tracked_addresses: self.max_tracked_addresses,
         }
+    }
+}
+
+/// The longest any duration setting may be (one year): deadlines are `Instant + d`, and
+/// nothing here waits longer; larger values are refused at startup, not overflowed later.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The largest count any "most …" setting may be.
+pub const MAX_COUNT: usize = 10_000_000;
+/// The largest `--max-message-size`.
+pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+impl Config {
+    /// Every duration and size setting within its bounds (see the README's configuration
+    /// table): one line naming the flag, its bounds and the value otherwise.
+    fn validate_ranges(&self) -> Result<(), String> {
+        const MS: Duration = Duration::from_millis(1);
+        const HOUR: Duration = Duration::from_secs(3600);
+        check_range("--handshake-timeout", self.handshake_timeout, MS, HOUR)?;
+        check_range(
+            "--flow-identity-lifetime",
+            self.flow_identity_lifetime,
+            Duration::ZERO,
+            MAX_DURATION,
+        )?;
+        check_range("--idle-timeout", self.idle_timeout, MS, MAX_DURATION)?;
+        // Below the notifier's 60 s after which an unanswered NOTIFY counts as lost.
+        check_range(
+            "--notify-timeout",
+            self.notify_timeout,
+            MS,
+            Duration::from_secs(60),
+        )?;
+        check_range(
+            "--notify-max-retry-after",
+            self.notify_max_retry_after,
+            Duration::ZERO,
+            HOUR,
+        )?;
+        check_range("--keepalive-interval", self.keepalive_interval, MS, HOUR)?;
+        check_range("--write-timeout", self.write_timeout, MS, HOUR)?;
+        check_range(
+            "--shutdown-grace",
+            self.shutdown_grace,
+            Duration::ZERO,
+            HOUR,
+        )?;
+        check_range("--notify-retries", self.notify_retries, 0, 1000)?;
+        check_range(
+            "--max-route-set-size",
+            self.max_route_set_size,
+            0,
+            MAX_MESSAGE_SIZE,
+        )?;
+        check_range("--max-connections", self.max_connections, 1, MAX_COUNT)?;
+        check_range(
+            "--max-connections-per-address",
+            self.max_connections_per_address,
+            1,
+            MAX_COUNT,
+        )?;
+        check_range(
+            "--max-subscribes-per-address",
+            self.max_subscribes_per_address,
+            1,
+            10_000_000,
+        )?;
+        check_range(
+            "--max-tracked-addresses",
+            self.max_tracked_addresses,
+            1,
+            MAX_COUNT,
+        )?;
+        check_range(
+            "--max-dialogs-per-connection",
+            self.max_dialogs_per_connection,
+            1,
+            MAX_COUNT,
+        )?;
+        check_range(
+            "--max-message-size",
+            self.max_message_size,
+            1024,
+            MAX_MESSAGE_SIZE,
+        )?;
+        Ok(())
+    }
+}
+
+/// A duration or size setting, printable in its flag's own syntax.
+pub trait Setting: PartialOrd + Copy {
+    /// The value as an operator would write it.
+    fn show(self) -> String;
+}
+
+impl Setting for Duration {
+    fn show(self) -> String {
+        humantime::format_duration(self).to_string()
+    }
+}
+
+impl Setting for usize {
+    fn show(self) -> String {
+        self.to_string()
+    }
+}
+
+impl Setting for u32 {
+    fn show(self) -> String {
+        self.to_string()
+    }
+}
+
+/// The one range check of every duration and size setting: `min <= value <= max`, else the
+/// one-line startup error (exit 64) naming `flag`.
+pub fn check_range<T: Setting>(flag: &str, value: T, min: T, max: T) -> Result<(), String> {
+    if value < min || value > max {
+        return Err(format!(
+            "{flag} must be between {} and {} (got {})",
+            min.show(),
+            max.show(),
+            value.show()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn check_range_is_inclusive_and_names_the_flag() {
+        let s = Duration::from_secs;
+        assert!(check_range("--x", s(1), s(1), s(2)).is_ok());
+        assert!(check_range("--x", s(2), s(1), s(2)).is_ok());
+        assert_eq!(
+            check_range("--x", s(3), s(1), s(2)).unwrap_err(),
+            "--x must be between 1s and 2s (got 3s)"
+        );
+        assert_eq!(
+            check_range("--n", 0usize, 1, 5).unwrap_err(),
+            "--n must be between 1 and 5 (got 0)"
+        );
+    }
+
+    #[test]
+    fn defaults_are_within_range() {
+        assert_eq!(Config::parse_from(["p"]).validate_ranges(), Ok(()));
+    }
+
+    #[test]
+    fn zero_where_it_makes_no_sense_is_refused() {
+        for flag in [
+            "--idle-timeout",
+            "--notify-timeout",
+            "--keepalive-interval",
+            "--write-timeout",
+            "--handshake-timeout",
+        ] {
+            let c = Config::parse_from(["p", flag, "0s"]);
+            assert!(c.validate().unwrap_err().starts_with(flag), "{flag}");
+        }
+        for flag in [
+            "--max-connections",
+            "--max-message-size",
+            "--max-subscribes-per-address",
+        ] {
+            let c = Config::parse_from(["p", flag, "0"]);
+            assert!(c.validate().unwrap_err().starts_with(flag), "{flag}");
+        }
+        let c = Config::parse_from([
+            "p",
+            "--flow-identity-lifetime",
+            "0s",
+            "--shutdown-grace",
+            "0s",
+        ]);
+        assert_eq!(c.validate_ranges(), Ok(()));
+    }
+
+    /// Every flag that takes a duration or a number is range-checked: one far too large is
+    /// refused by `validate` with a message naming it. A flag added without a check fails here.
+    #[test]
+    fn every_duration_and_size_flag_is_range_checked() {
+        let mut checked = 0;
+        for arg in Config::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let flag = format!("--{long}");
+            let parses = |v: &str| Config::try_parse_from(["p", flag.as_str(), v]).is_ok();
+            if parses("x") {
+                continue; // free text, not a duration or a size
+            }
+            let huge = ["200y", "4294967295"].into_iter().find(|v| parses(v));
+            let Some(huge) = huge else { continue };
+            let c = Config::parse_from(["p", flag.as_str(), huge]);
+            let err = c.validate().expect_err(&flag);
+            assert!(err.starts_with(&flag), "{flag} {huge}: {err}");
+            checked += 1;
+        }
+        assert!(checked >= 16, "only {checked} flags checked");
     }
 }
 
@@ -314,6 +573,45 @@ mod tests {
             &other,
         ]);
         assert!(c.validate().unwrap_err().contains("cannot be used"));
+    }
+
+    #[test]
+    fn web_page_settings_are_checked() {
+        let c = Config::parse_from(["p"]);
+        assert_eq!(
+            c.web(),
+            Some(crate::web::WebSettings {
+                title: DEFAULT_WEB_TITLE.into(),
+                ws_url: None,
+                sip_domain: DEFAULT_WEB_SIP_DOMAIN.into(),
+            })
+        );
+        let c = Config::parse_from(["p", "--web-page", "off"]);
+        assert_eq!(c.web(), None);
+        let c = Config::parse_from([
+            "p",
+            "--web-title",
+            "Acme <meetings>",
+            "--web-ws-url",
+            "wss://sip.example.com/ws",
+        ]);
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            c.web().unwrap().ws_url.as_deref(),
+            Some("wss://sip.example.com/ws")
+        );
+        assert!(Config::try_parse_from(["p", "--web-page", "maybe"]).is_err());
+        for bad in [
+            ["--web-ws-url", "https://x"],
+            ["--web-ws-url", "ws://"],
+            ["--web-ws-url", "ws://a b"],
+            ["--web-title", " "],
+            ["--web-title", "a\nb"],
+            ["--web-sip-domain", "a b"],
+        ] {
+            let c = Config::parse_from(["p", bad[0], bad[1]]);
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

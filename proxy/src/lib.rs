@@ -14,6 +14,7 @@
 //! - [`notifier`]: the domain form of what goes to and comes from the subscriber-server.
 //! - [`upstream`]: gRPC sessions, routing of events to connections, rendezvous hashing.
 //! - [`metrics`]: the counters and gauges behind `/metrics` (served by `conflist-service`).
+//! - [`web`]: the web page served to plain `GET`s on the WebSocket port (`--web-page`).
 
 pub mod config;
 pub mod dialog;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod notifier;
 pub mod transport;
 pub mod upstream;
+pub mod web;
 
 use anyhow::Context as _;
 use std::future::Future;
@@ -103,6 +105,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             via_transport: "WS",
             contact_transport: "ws",
             notify_timeout: config.notify_timeout,
+            notify_retry: dialog::NotifyRetry {
+                max_retry_after: config.notify_max_retry_after,
+                max_retries: config.notify_retries,
+            },
             max_dialogs: config.max_dialogs_per_connection,
             max_route_set_size: config.max_route_set_size,
             flow_identity_lifetime: config.flow_identity_lifetime,
@@ -148,7 +154,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     info!(ws.addr = ?ws_addr, wss.addr = ?wss_addr, admin.addr = %admin_addr, servers = ?config.servers, "conflist-proxy listening");
     println!("{ready}");
 
-    let ws_server = tokio::spawn(transport::listener::serve(listeners, shared));
+    let page = config.web().map(|s| Arc::new(web::WebPage::new(&s)));
+    if page.is_some() {
+        for (scheme, addr) in [("http", ws_addr), ("https", wss_addr)] {
+            if let Some(addr) = addr {
+                info!(url = %format!("{scheme}://{addr}/"), "web page");
+            }
+        }
+    }
+    let ws_server = tokio::spawn(transport::listener::serve_with_page(
+        listeners, shared, page,
+    ));
     let admin_token = token.clone();
     let admin_server = tokio::spawn(async move {
         let ready: conflist_service::ReadinessCheck = Arc::new(move || {

@@ -43,6 +43,11 @@ pub struct Metrics {
     pub route_sets_refused: Counter,
     /// SUBSCRIBEs refused at `--max-dialogs-per-connection`.
     pub dialogs_per_connection_refused: Counter,
+    /// NOTIFYs answered with an error and `Retry-After`, to be sent again.
+    pub notify_retries: Counter,
+    /// Server sessions ended because their command queue could not take a `Delivered` or
+    /// `Unsubscribe` (the server stopped reading): losing one would desynchronise it.
+    pub upstream_queue_overflows: Counter,
 }
 
 impl Metrics {
@@ -127,6 +132,16 @@ impl Metrics {
             "dialogs_per_connection_refused",
             "SUBSCRIBEs refused at the dialogs-per-connection limit",
             m.dialogs_per_connection_refused.clone(),
+        );
+        r.register(
+            "notify_retries",
+            "NOTIFYs answered with an error and Retry-After, sent again after the delay",
+            m.notify_retries.clone(),
+        );
+        r.register(
+            "upstream_queue_overflows",
+            "Server sessions ended because their command queue could not take a Delivered or Unsubscribe",
+            m.upstream_queue_overflows.clone(),
         );
         m
     }

@@ -9,12 +9,19 @@
 //! Race rule (no lost update): a user loaded while a batch was being applied is re-checked
 //! in the next batch (the `generation` counter tells), so a change that committed after the
 //! load's snapshot but was processed before the load finished is never missed.
+//!
+//! Repair of what the log cannot see: [`Cache::verify`] re-reads given users whole (the
+//! follower walks every cached user in slices each `--verify-interval`), and an entry whose
+//! last whole read is older than the cache's max age (`--cache-max-age`) is re-read before
+//! it serves a new subscription.
 
 use crate::directory::{Directory, DirectoryError};
 use document::Conference;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// One user's conferences at one revision (sorted by entity). Shared, never mutated.
 #[derive(Debug)]
@@ -57,6 +64,8 @@ struct Entry {
     doc: Arc<UserDoc>,
     /// Subscriptions per session that need this user.
     sessions: HashMap<SessionKey, usize>,
+    /// When the whole list was last read from the database (patches do not count).
+    loaded_at: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -114,18 +123,30 @@ fn unload(inner: &mut Inner, user: &str) {
 pub struct Cache {
     inner: Mutex<Inner>,
     directory: Directory,
+    /// A cached list read longer ago than this is re-read before it serves a new
+    /// subscription; `None`: never.
+    max_age: Option<Duration>,
     /// Wakes the change follower (a recheck is pending).
     pub follower_wake: Notify,
 }
 
 impl Cache {
-    /// An empty cache over `directory`.
+    /// An empty cache over `directory`; cached lists serve new subscriptions at any age.
     pub fn new(directory: Directory) -> Self {
         Self {
             inner: Mutex::default(),
             directory,
+            max_age: None,
             follower_wake: Notify::new(),
         }
+    }
+
+    /// Re-read a cached list whose last whole read is older than `max_age` before it
+    /// serves a new subscription (`--cache-max-age`; zero: always re-read).
+    #[must_use]
+    pub fn with_max_age(mut self, max_age: Option<Duration>) -> Self {
+        self.max_age = max_age;
+        self
     }
 
     /// The directory behind the cache.
@@ -164,8 +185,9 @@ impl Cache {
     }
 
     /// One more subscription of `session` needs `user`: the user's current document,
-    /// loaded from the database if not cached. Refused when `user` already has `limit`
-    /// subscriptions on this instance (every session, loads in progress included).
+    /// loaded from the database if not cached, or re-read if its last whole read is older
+    /// than the max age. Refused when `user` already has `limit` subscriptions on this
+    /// instance (every session, loads in progress included).
     pub async fn attach_limited(
         &self,
         session: SessionKey,
@@ -182,7 +204,9 @@ impl Cache {
             if held >= limit {
                 return Err(AttachError::TooMany);
             }
-            if let Some(e) = inner.users.get_mut(user) {
+            if let Some(e) = inner.users.get_mut(user)
+                && self.max_age.is_none_or(|age| e.loaded_at.elapsed() < age)
+            {
                 *e.sessions.entry(session).or_default() += 1;
                 return Ok(e.doc.clone());
             }
@@ -204,8 +228,24 @@ impl Cache {
         // Counted as held from here on, in the same critical section.
         loading.armed = false;
         unload(&mut inner, user);
-        if let Some(e) = inner.users.get_mut(user) {
-            // Another session loaded it meanwhile; theirs is as fresh as ours.
+        let Inner {
+            users,
+            by_conference,
+            sessions,
+            generation: applied,
+            recheck,
+            ..
+        } = &mut *inner;
+        if let Some(e) = users.get_mut(user) {
+            // A stale entry re-read, or another session loaded it meanwhile. Ours is the
+            // newest unless a batch was applied since our read began: then the next batch
+            // re-reads the user instead.
+            if *applied == generation {
+                swap_in(e, by_conference, sessions, user, loaded, true);
+            } else {
+                recheck.insert(user.to_owned());
+                self.follower_wake.notify_one();
+            }
             *e.sessions.entry(session).or_default() += 1;
             return Ok(e.doc.clone());
         }
@@ -219,6 +259,7 @@ impl Cache {
             Entry {
                 doc: doc.clone(),
                 sessions: HashMap::from([(session, 1)]),
+                loaded_at: Instant::now(),
             },
         );
         if inner.generation != generation {
@@ -261,6 +302,18 @@ impl Cache {
         self.len() == 0
     }
 
+    /// The users cached now (for a verification pass).
+    pub fn cached_users(&self) -> Vec<String> {
+        lock(&self.inner).users.keys().cloned().collect()
+    }
+
+    /// Re-reads `users` whole and swaps in any list that differs from the cached one (a
+    /// change the log did not carry); returns how many lists changed. Users no longer
+    /// cached are skipped. Run by the follower, so it never races a change batch.
+    pub async fn verify(&self, users: &[String]) -> Result<usize, DirectoryError> {
+        self.apply(&HashSet::new(), users, false).await
+    }
+
     /// Brings the cached users affected by changes to `conferences` up to date; returns how
     /// many users' lists changed. One query fetches every membership of the changed
     /// conferences; each affected user's list is patched (its other conferences did not
@@ -272,11 +325,28 @@ impl Cache {
         conferences: &HashSet<String>,
         everyone: bool,
     ) -> Result<usize, DirectoryError> {
+        self.apply(conferences, &[], everyone).await
+    }
+
+    /// [`Cache::apply_changes`], also recomputing `extra` users whole.
+    async fn apply(
+        &self,
+        conferences: &HashSet<String>,
+        extra: &[String],
+        everyone: bool,
+    ) -> Result<usize, DirectoryError> {
         let whole: Vec<String> = {
             let mut inner = lock(&self.inner);
             let mut whole = std::mem::take(&mut inner.recheck);
             if everyone {
                 whole.extend(inner.users.keys().cloned());
+            } else {
+                whole.extend(
+                    extra
+                        .iter()
+                        .filter(|u| inner.users.contains_key(*u))
+                        .cloned(),
+                );
             }
             whole.into_iter().collect()
         };
@@ -312,78 +382,110 @@ impl Cache {
 
         let mut changed_users = 0;
         for user in whole.iter().chain(patched.iter()) {
+            if whole.contains(user) {
+                let new = recomputed.remove(user).unwrap_or_default();
+                if install(&mut inner, user, new, true) {
+                    changed_users += 1;
+                }
+                continue;
+            }
             let Some(entry) = inner.users.get(user) else {
                 continue;
             };
-            let new = if whole.contains(user) {
-                let new = recomputed.remove(user).unwrap_or_default();
-                if *entry.doc.conferences == new {
-                    continue;
-                }
-                new
-            } else {
-                let mut rows = patches.remove(user).unwrap_or_default();
-                rows.sort_by(|a, b| a.entity.cmp(&b.entity));
-                // Only the changed conferences can differ: compare just those.
-                let before = entry
-                    .doc
-                    .conferences
-                    .iter()
-                    .filter(|c| conferences.contains(&c.entity));
-                if before.eq(rows.iter()) {
-                    continue;
-                }
-                let mut list: Vec<Conference> = entry
-                    .doc
-                    .conferences
-                    .iter()
-                    .filter(|c| !conferences.contains(&c.entity))
-                    .cloned()
-                    .collect();
-                list.extend(rows);
-                list.sort_by(|a, b| a.entity.cmp(&b.entity));
-                list
-            };
-            let old = entry.doc.conferences.clone();
-            let doc = Arc::new(UserDoc {
-                revision: entry.doc.revision + 1,
-                conferences: Arc::new(new),
-            });
-            reindex(&mut inner, user, &old, &doc.conferences);
-            let sessions: Vec<SessionKey> = match inner.users.get_mut(user) {
-                Some(e) => {
-                    e.doc = doc;
-                    e.sessions.keys().copied().collect()
-                }
-                None => continue,
-            };
-            for key in sessions {
-                if let Some(wake) = inner.sessions.get(&key) {
-                    wake.mark(user);
-                }
+            let mut rows = patches.remove(user).unwrap_or_default();
+            rows.sort_by(|a, b| a.entity.cmp(&b.entity));
+            // Only the changed conferences can differ: compare just those.
+            let before = entry
+                .doc
+                .conferences
+                .iter()
+                .filter(|c| conferences.contains(&c.entity));
+            if before.eq(rows.iter()) {
+                continue;
             }
-            changed_users += 1;
+            let mut new: Vec<Conference> = entry
+                .doc
+                .conferences
+                .iter()
+                .filter(|c| !conferences.contains(&c.entity))
+                .cloned()
+                .collect();
+            new.extend(rows);
+            new.sort_by(|a, b| a.entity.cmp(&b.entity));
+            if install(&mut inner, user, new, false) {
+                changed_users += 1;
+            }
         }
         Ok(changed_users)
     }
 }
 
+/// Swaps in `new` as `user`'s list when it differs (a new revision, the index updated,
+/// every session holding the user woken); returns whether it did. `whole` says the list
+/// was read whole, which resets its age.
+fn install(inner: &mut Inner, user: &str, new: Vec<Conference>, whole: bool) -> bool {
+    let Inner {
+        users,
+        by_conference,
+        sessions,
+        ..
+    } = inner;
+    match users.get_mut(user) {
+        Some(entry) => swap_in(entry, by_conference, sessions, user, new, whole),
+        None => false,
+    }
+}
+
+/// [`install`] on the entry itself.
+fn swap_in(
+    entry: &mut Entry,
+    by_conference: &mut HashMap<String, HashSet<String>>,
+    sessions: &HashMap<SessionKey, Arc<SessionWake>>,
+    user: &str,
+    new: Vec<Conference>,
+    whole: bool,
+) -> bool {
+    if whole {
+        entry.loaded_at = Instant::now();
+    }
+    if *entry.doc.conferences == new {
+        return false;
+    }
+    let old = entry.doc.conferences.clone();
+    let doc = Arc::new(UserDoc {
+        revision: entry.doc.revision + 1,
+        conferences: Arc::new(new),
+    });
+    reindex(by_conference, user, &old, &doc.conferences);
+    entry.doc = doc;
+    for key in entry.sessions.keys() {
+        if let Some(wake) = sessions.get(key) {
+            wake.mark(user);
+        }
+    }
+    true
+}
+
 /// Updates the conference index for the conferences that entered or left `user`'s list
 /// (both lists sorted by entity); a change of content alone touches nothing.
-fn reindex(inner: &mut Inner, user: &str, old: &[Conference], new: &[Conference]) {
+fn reindex(
+    by_conference: &mut HashMap<String, HashSet<String>>,
+    user: &str,
+    old: &[Conference],
+    new: &[Conference],
+) {
     let old_set: HashSet<&str> = old.iter().map(|c| c.entity.as_str()).collect();
     let new_set: HashSet<&str> = new.iter().map(|c| c.entity.as_str()).collect();
     for gone in old.iter().filter(|c| !new_set.contains(c.entity.as_str())) {
-        if let Some(set) = inner.by_conference.get_mut(&gone.entity) {
+        if let Some(set) = by_conference.get_mut(&gone.entity) {
             set.remove(user);
             if set.is_empty() {
-                inner.by_conference.remove(&gone.entity);
+                by_conference.remove(&gone.entity);
             }
         }
     }
     for added in new.iter().filter(|c| !old_set.contains(c.entity.as_str())) {
-        inner
-            .by_conference
+        by_conference
             .entry(added.entity.clone())
             .or_default()
             .insert(user.to_owned());
@@ -455,5 +557,89 @@ mod tests {
             "room again"
         );
         assert!(lock(&cache.inner).loading.is_empty());
+    }
+
+    async fn demo_cache(max_age: Option<Duration>) -> Cache {
+        let directory = Directory::connect("sqlite::memory:", 1).await.unwrap();
+        directory.migrate().await.unwrap();
+        directory.load_demo_data().await.unwrap();
+        Cache::new(directory).with_max_age(max_age)
+    }
+
+    /// A write the cache is not told about (no follower runs in these tests).
+    async fn unlogged_subject(cache: &Cache, subject: &str) {
+        let Some(pool) = cache.directory().sqlite_pool() else {
+            unreachable!("sqlite")
+        };
+        sqlx::query(
+            "UPDATE conflist_conferences SET subject = ?1 \
+             WHERE conference_uri = 'sip:1001@conf.example.com'",
+        )
+        .bind(subject)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    fn subject(doc: &UserDoc) -> Option<&str> {
+        doc.conferences[0].description.subject.as_deref()
+    }
+
+    #[tokio::test]
+    async fn verification_corrects_a_list_the_log_did_not_change() {
+        let cache = demo_cache(None).await;
+        let (s1, w1) = cache.register_session();
+        let alice = "sip:alice@example.com";
+        cache.attach_limited(s1, alice, 10).await.unwrap();
+        unlogged_subject(&cache, "unlogged").await;
+        let users = cache.cached_users();
+        assert_eq!(cache.verify(&users).await.unwrap(), 1);
+        let doc = cache.current(alice).unwrap();
+        assert_eq!((doc.revision, subject(&doc)), (1, Some("unlogged")));
+        assert_eq!(w1.take(), HashSet::from([alice.to_owned()]));
+        assert_eq!(
+            cache.verify(&users).await.unwrap(),
+            0,
+            "nothing more to fix"
+        );
+        assert_eq!(
+            cache
+                .verify(&["sip:nobody@example.com".into()])
+                .await
+                .unwrap(),
+            0,
+            "users not cached are not loaded"
+        );
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_entry_past_its_max_age_is_re_read_for_a_new_subscription() {
+        let alice = "sip:alice@example.com";
+        // Zero: always re-read.
+        let cache = demo_cache(Some(Duration::ZERO)).await;
+        let (s1, w1) = cache.register_session();
+        let (s2, _w2) = cache.register_session();
+        cache.attach_limited(s1, alice, 10).await.unwrap();
+        unlogged_subject(&cache, "unlogged").await;
+        let doc = cache.attach_limited(s2, alice, 10).await.unwrap();
+        assert_eq!((doc.revision, subject(&doc)), (1, Some("unlogged")));
+        assert_eq!(
+            w1.take(),
+            HashSet::from([alice.to_owned()]),
+            "the older tab follows"
+        );
+        assert!(matches!(
+            cache.attach_limited(s2, alice, 2).await,
+            Err(AttachError::TooMany)
+        ));
+
+        // Without a max age the cached entry serves as it is.
+        let cache = demo_cache(None).await;
+        let (s1, _w1) = cache.register_session();
+        cache.attach_limited(s1, alice, 10).await.unwrap();
+        unlogged_subject(&cache, "unlogged").await;
+        let doc = cache.attach_limited(s1, alice, 10).await.unwrap();
+        assert_eq!((doc.revision, subject(&doc)), (0, Some("Team status")));
     }
 }

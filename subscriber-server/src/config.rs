@@ -21,6 +21,12 @@ pub const DEFAULT_AUTH_FAILURE_WINDOW: &str = "60s";
 pub const DEFAULT_JWT_LEEWAY: &str = "30s";
 /// Default `--max-subscriptions-per-user`.
 pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_USER: usize = 100;
+/// Default `--session-stall-timeout`: well past any pause of a proxy that is still reading.
+pub const DEFAULT_SESSION_STALL_TIMEOUT: &str = "10s";
+/// Default `--verify-interval`.
+pub const DEFAULT_VERIFY_INTERVAL: &str = "5m";
+/// Default `--cache-max-age`.
+pub const DEFAULT_CACHE_MAX_AGE: &str = "1m";
 /// Longest password `user set-password` reads.
 const MAX_PASSWORD_BYTES: usize = 1024;
 
@@ -77,12 +83,24 @@ pub struct Config {
     /// Change-log rows older than this are pruned.
     #[arg(long, env = "CONFLIST_CHANGE_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
     pub change_retention: Duration,
+    /// Log mode: re-read every cached user this often, in slices, and correct lists that
+    /// changed without a change-log row (`0` turns it off).
+    #[arg(long, env = "CONFLIST_VERIFY_INTERVAL", default_value = DEFAULT_VERIFY_INTERVAL, value_parser = humantime::parse_duration)]
+    pub verify_interval: Duration,
+    /// A cached list read longer ago than this is re-read before it serves a new
+    /// subscription (`0`: always re-read).
+    #[arg(long, env = "CONFLIST_CACHE_MAX_AGE", default_value = DEFAULT_CACHE_MAX_AGE, value_parser = humantime::parse_duration)]
+    pub cache_max_age: Duration,
     /// Least time between two NOTIFYs of one subscription; changes inside it are coalesced.
     #[arg(long, env = "CONFLIST_MIN_NOTIFY_INTERVAL", default_value = "200ms", value_parser = humantime::parse_duration)]
     pub min_notify_interval: Duration,
     /// Always send full documents (no partial notifications).
     #[arg(long, env = "CONFLIST_FULL_DOCUMENTS")]
     pub full_documents: bool,
+    /// A proxy session whose outbound messages wait this long without the proxy reading any
+    /// is ended (its subscriptions are dropped; the proxy re-subscribes them elsewhere).
+    #[arg(long, env = "CONFLIST_SESSION_STALL_TIMEOUT", default_value = DEFAULT_SESSION_STALL_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub session_stall_timeout: Duration,
     /// Apply the reference schema at startup.
     #[arg(long, env = "CONFLIST_MIGRATE")]
     pub migrate: bool,
@@ -231,17 +249,12 @@ pub enum DbCommand {
 impl Config {
     /// Checks relations between values; the message is printed before exit code 64.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_ranges()?;
         if !(self.min_expires <= self.default_expires && self.default_expires <= self.max_expires) {
             return Err(format!(
                 "expiry bounds must satisfy min <= default <= max (got {} / {} / {})",
                 self.min_expires, self.default_expires, self.max_expires
             ));
-        }
-        if self.min_expires == 0 {
-            return Err("--min-expires must be at least 1".into());
-        }
-        if self.change_interval.is_zero() {
-            return Err("--change-interval must be positive".into());
         }
         if let Some(Command::Db(DbCommand::Install { watches })) = &self.command {
             for w in watches {
@@ -256,15 +269,12 @@ impl Config {
             Some(Command::User(UserCommand::SetPassword { username })) => {
                 validate_username(username)?;
             }
-            Some(Command::Token(TokenCommand::Issue { user, ttl })) => {
+            Some(Command::Token(TokenCommand::Issue { user, .. })) => {
                 if self.jwt_secret_file.is_none() {
                     return Err("token issue needs --jwt-secret-file".into());
                 }
                 if user.trim().is_empty() {
                     return Err("token issue: the user must not be empty".into());
-                }
-                if ttl.as_secs() == 0 {
-                    return Err("token issue: --ttl must be at least 1s".into());
                 }
             }
             _ => {}
@@ -290,15 +300,6 @@ impl Config {
             if self.auth_algorithms[..i].contains(a) {
                 return Err(format!("--auth-algorithms names {a} twice"));
             }
-        }
-        if self.nonce_lifetime.as_secs() == 0 {
-            return Err("--nonce-lifetime must be at least 1s".into());
-        }
-        if self.auth_max_failures == 0 {
-            return Err("--auth-max-failures must be at least 1".into());
-        }
-        if self.auth_failure_window.as_secs() == 0 {
-            return Err("--auth-failure-window must be at least 1s".into());
         }
         let key_sources = [
             &self.jwt_secret_file,
@@ -504,6 +505,213 @@ fn read_secret(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
         return Err(format!("{flag} {}: the file is empty", path.display()));
     }
     Ok(bytes)
+}
+
+/// The longest any duration setting may be (one year): deadlines are `Instant + d`, and
+/// nothing here waits longer; larger values are refused at startup, not overflowed later.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The largest count any "most …" setting may be.
+pub const MAX_COUNT: usize = 10_000_000;
+/// The longest subscription any expiry setting may grant, seconds (one year).
+pub const MAX_EXPIRES: u32 = 365 * 24 * 3600;
+
+impl Config {
+    /// Every duration and size setting within its bounds (see the README's configuration
+    /// table): one line naming the flag, its bounds and the value otherwise.
+    fn validate_ranges(&self) -> Result<(), String> {
+        const MS: Duration = Duration::from_millis(1);
+        const S: Duration = Duration::from_secs(1);
+        const HOUR: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        check_range("--db-max-connections", self.db_max_connections, 1, 10_000)?;
+        check_range("--min-expires", self.min_expires, 1, MAX_EXPIRES)?;
+        check_range("--default-expires", self.default_expires, 1, MAX_EXPIRES)?;
+        check_range("--max-expires", self.max_expires, 1, MAX_EXPIRES)?;
+        check_range("--change-interval", self.change_interval, MS, HOUR)?;
+        check_range("--change-retention", self.change_retention, S, MAX_DURATION)?;
+        check_range(
+            "--verify-interval",
+            self.verify_interval,
+            Duration::ZERO,
+            MAX_DURATION,
+        )?;
+        check_range(
+            "--cache-max-age",
+            self.cache_max_age,
+            Duration::ZERO,
+            MAX_DURATION,
+        )?;
+        check_range(
+            "--min-notify-interval",
+            self.min_notify_interval,
+            Duration::ZERO,
+            HOUR,
+        )?;
+        check_range(
+            "--session-stall-timeout",
+            self.session_stall_timeout,
+            MS,
+            HOUR,
+        )?;
+        check_range(
+            "--shutdown-grace",
+            self.shutdown_grace,
+            Duration::ZERO,
+            HOUR,
+        )?;
+        check_range("--nonce-lifetime", self.nonce_lifetime, S, MAX_DURATION)?;
+        check_range("--auth-max-failures", self.auth_max_failures, 1, 1_000_000)?;
+        check_range(
+            "--auth-failure-window",
+            self.auth_failure_window,
+            S,
+            MAX_DURATION,
+        )?;
+        check_range("--jwt-leeway", self.jwt_leeway, Duration::ZERO, DAY)?;
+        check_range(
+            "--max-subscriptions-per-user",
+            self.max_subscriptions_per_user,
+            1,
+            MAX_COUNT,
+        )?;
+        if let Some(Command::Token(TokenCommand::Issue { ttl, .. })) = &self.command {
+            check_range("token issue --ttl", *ttl, S, MAX_DURATION)?;
+        }
+        Ok(())
+    }
+}
+
+/// A duration or size setting, printable in its flag's own syntax.
+pub trait Setting: PartialOrd + Copy {
+    /// The value as an operator would write it.
+    fn show(self) -> String;
+}
+
+impl Setting for Duration {
+    fn show(self) -> String {
+        humantime::format_duration(self).to_string()
+    }
+}
+
+impl Setting for usize {
+    fn show(self) -> String {
+        self.to_string()
+    }
+}
+
+impl Setting for u32 {
+    fn show(self) -> String {
+        self.to_string()
+    }
+}
+
+/// The one range check of every duration and size setting: `min <= value <= max`, else the
+/// one-line startup error (exit 64) naming `flag`.
+pub fn check_range<T: Setting>(flag: &str, value: T, min: T, max: T) -> Result<(), String> {
+    if value < min || value > max {
+        return Err(format!(
+            "{flag} must be between {} and {} (got {})",
+            min.show(),
+            max.show(),
+            value.show()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn check_range_is_inclusive_and_names_the_flag() {
+        let s = Duration::from_secs;
+        assert!(check_range("--x", s(1), s(1), s(2)).is_ok());
+        assert!(check_range("--x", s(2), s(1), s(2)).is_ok());
+        assert_eq!(
+            check_range("--x", s(3), s(1), s(2)).unwrap_err(),
+            "--x must be between 1s and 2s (got 3s)"
+        );
+        assert_eq!(
+            check_range("--n", 7u32, 1, 5).unwrap_err(),
+            "--n must be between 1 and 5 (got 7)"
+        );
+    }
+
+    #[test]
+    fn defaults_are_within_range() {
+        assert_eq!(Config::parse_from(["s"]).validate_ranges(), Ok(()));
+    }
+
+    #[test]
+    fn zero_where_it_makes_no_sense_is_refused() {
+        for flag in [
+            "--change-interval",
+            "--session-stall-timeout",
+            "--nonce-lifetime",
+            "--auth-failure-window",
+            "--change-retention",
+        ] {
+            let c = Config::parse_from(["s", flag, "0s"]);
+            assert!(c.validate().unwrap_err().starts_with(flag), "{flag}");
+        }
+        for flag in [
+            "--db-max-connections",
+            "--max-subscriptions-per-user",
+            "--auth-max-failures",
+        ] {
+            let c = Config::parse_from(["s", flag, "0"]);
+            assert!(c.validate().unwrap_err().starts_with(flag), "{flag}");
+        }
+        let c = Config::parse_from([
+            "s",
+            "--verify-interval",
+            "0s",
+            "--cache-max-age",
+            "0s",
+            "--min-notify-interval",
+            "0s",
+        ]);
+        assert_eq!(c.validate_ranges(), Ok(()));
+        let c = Config::parse_from([
+            "s",
+            "--jwt-secret-file",
+            "k",
+            "token",
+            "issue",
+            "alice",
+            "--ttl",
+            "400d",
+        ]);
+        assert!(
+            c.validate_ranges()
+                .unwrap_err()
+                .starts_with("token issue --ttl")
+        );
+    }
+
+    /// Every flag that takes a duration or a number is range-checked: one far too large is
+    /// refused by `validate` with a message naming it. A flag added without a check fails here.
+    #[test]
+    fn every_duration_and_size_flag_is_range_checked() {
+        let mut checked = 0;
+        for arg in Config::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let flag = format!("--{long}");
+            let parses = |v: &str| Config::try_parse_from(["s", flag.as_str(), v]).is_ok();
+            if parses("x") {
+                continue; // free text, not a duration or a size
+            }
+            let huge = ["200y", "4294967295"].into_iter().find(|v| parses(v));
+            let Some(huge) = huge else { continue };
+            let c = Config::parse_from(["s", flag.as_str(), huge]);
+            let err = c.validate().expect_err(&flag);
+            assert!(err.starts_with(&flag), "{flag} {huge}: {err}");
+            checked += 1;
+        }
+        assert!(checked >= 16, "only {checked} flags checked");
+    }
 }
 
 #[cfg(test)]

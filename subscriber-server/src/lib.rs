@@ -69,13 +69,16 @@ pub async fn run_with(
     let metrics = metrics::Metrics::register(&mut registry);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let cache = Arc::new(cache::Cache::new(directory.clone()));
+    let directory = directory.with_rows_skipped(metrics.rows_skipped.clone());
+    let cache =
+        Arc::new(cache::Cache::new(directory.clone()).with_max_age(Some(config.cache_max_age)));
     tracker.spawn(changes::run(
         cache.clone(),
         changes::FollowerConfig {
             mode: config.change_detection,
             interval: config.change_interval,
             retention: config.change_retention,
+            verify_interval: (!config.verify_interval.is_zero()).then_some(config.verify_interval),
         },
         metrics.clone(),
         token.clone(),
@@ -98,6 +101,7 @@ pub async fn run_with(
         auth: secrets.auth.map(auth::Authenticator::new),
         trust_flow_identity: config.hop_authenticated(),
         max_subscriptions_per_user: config.max_subscriptions_per_user,
+        stall_timeout: config.session_stall_timeout,
     });
     if ctx.auth.is_none() {
         warn!("--auth off: subscribers are not authenticated (the From address is trusted)");
@@ -230,11 +234,16 @@ pub async fn run_db_command(config: &Config, command: &config::DbCommand) -> any
             }
         }
         config::DbCommand::Uninstall => {
-            let removed = directory
+            let (removed, refused) = directory
                 .uninstall_watches()
                 .await
                 .context("remove the change log and triggers")?;
             println!("removed triggers from: {}", removed.join(", "));
+            for name in &refused {
+                eprintln!(
+                    "conflist-server: skipped {name:?} in conflist_watched: not a table name"
+                );
+            }
         }
     }
     directory.close().await;

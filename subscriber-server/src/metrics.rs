@@ -86,6 +86,9 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     /// Open proxy sessions.
     pub sessions: Gauge,
+    /// Proxy sessions ended because the proxy stopped reading (`--session-stall-timeout` or
+    /// a full backlog).
+    pub sessions_stalled: Counter,
     /// Notifications sent.
     pub notifications: Counter,
     /// Answers sent, by status.
@@ -106,6 +109,13 @@ pub struct Metrics {
     pub auth: Family<AuthLabel, Counter>,
     /// gRPC calls refused for lacking the proxy secret.
     pub proxy_rejected: Counter,
+    /// Directory rows skipped because they could not be decoded.
+    pub rows_skipped: Counter,
+    /// Seconds the oldest running database transaction has been seen running (it holds
+    /// the change-log frontier).
+    pub change_frontier_age: Gauge,
+    /// Cached lists that verification found wrong and corrected (unlogged changes).
+    pub verify_repairs: Counter,
 }
 
 impl Metrics {
@@ -119,6 +129,11 @@ impl Metrics {
             m.subscriptions.clone(),
         );
         r.register("sessions", "Open proxy sessions", m.sessions.clone());
+        r.register(
+            "sessions_stalled",
+            "Proxy sessions ended because the proxy stopped reading",
+            m.sessions_stalled.clone(),
+        );
         r.register(
             "notifications",
             "Notifications sent",
@@ -168,6 +183,22 @@ impl Metrics {
             "proxy_rejected",
             "gRPC calls refused because they lacked the proxy secret",
             m.proxy_rejected.clone(),
+        );
+        r.register(
+            "rows_skipped",
+            "Directory rows skipped because they could not be decoded (NULL or ill-typed column, invalid UTF-8)",
+            m.rows_skipped.clone(),
+        );
+        r.register_with_unit(
+            "change_frontier_age",
+            "How long the oldest running database transaction has been seen running; its change-log rows wait for its commit",
+            prometheus_client::registry::Unit::Seconds,
+            m.change_frontier_age.clone(),
+        );
+        r.register(
+            "verify_repairs",
+            "Cached lists that periodic verification corrected (changes the change log did not carry)",
+            m.verify_repairs.clone(),
         );
         m
     }

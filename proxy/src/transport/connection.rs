@@ -386,6 +386,10 @@ impl Connection {
                 };
                 debug!(?limit, "SUBSCRIBE refused at a limit");
             }
+            Action::NotifyRetry { sub, after } => {
+                self.shared.metrics.notify_retries.inc();
+                debug!(subscription.id = %sub, ?after, "NOTIFY answered with Retry-After; will retry");
+            }
             Action::Send(_) => {}
         }
     }

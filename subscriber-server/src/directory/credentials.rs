@@ -11,7 +11,7 @@
 //! operator's database without the relation is valid: every user is then unknown (digest
 //! sign-in always fails; bearer tokens still work), and a warning is logged once.
 
-use super::{Directory, DirectoryError};
+use super::{Db, Directory, DirectoryError};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One row of `conflist_credentials`. Holds secrets-equivalent HA1s: never log it.
@@ -87,15 +87,15 @@ impl Directory {
         username: &str,
         realm: &str,
     ) -> Result<Option<StoredCredentials>, DirectoryError> {
-        let result = match self {
-            Directory::Postgres(pool) => {
+        let result = match &self.db {
+            Db::Postgres(pool) => {
                 sqlx::query_as::<_, StoredCredentials>(POSTGRES_SELECT)
                     .bind(username)
                     .bind(realm)
                     .fetch_optional(pool)
                     .await
             }
-            Directory::Sqlite(pool) => {
+            Db::Sqlite(pool) => {
                 sqlx::query_as::<_, StoredCredentials>(SQLITE_SELECT)
                     .bind(username)
                     .bind(realm)
@@ -120,8 +120,8 @@ impl Directory {
 
     /// Inserts or replaces the row of (`username`, `realm`).
     pub async fn set_credentials(&self, c: &NewCredentials<'_>) -> Result<(), DirectoryError> {
-        match self {
-            Directory::Postgres(pool) => {
+        match &self.db {
+            Db::Postgres(pool) => {
                 sqlx::query(UPSERT_POSTGRES)
                     .bind(c.username)
                     .bind(c.realm)
@@ -131,7 +131,7 @@ impl Directory {
                     .execute(pool)
                     .await?;
             }
-            Directory::Sqlite(pool) => {
+            Db::Sqlite(pool) => {
                 sqlx::query(UPSERT_SQLITE)
                     .bind(c.username)
                     .bind(c.realm)

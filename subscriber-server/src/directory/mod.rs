@@ -5,18 +5,26 @@
 //! tables (`migrations/`); an operator maps an existing schema onto them with views. Only
 //! this module knows SQL. PostgreSQL and SQLite (the embedded demo default) are the two
 //! back-ends; both run the same directory tests.
+//!
+//! Rows are decoded one by one: a row that cannot be decoded (a `NULL` where the contract
+//! needs a value, a wrong type, invalid UTF-8 in a SQLite `TEXT`) is skipped, logged with its
+//! conference and counted (`conflist_server_rows_skipped_total`), so one bad row costs its
+//! member that conference and nobody anything else.
 
 pub mod changelog;
 pub mod credentials;
 
-use changelog::Watch;
+use changelog::{RESYNC_MARK, Watch};
 pub use credentials::{NewCredentials, StoredCredentials};
 use document::{Conference, ConferenceDescription, MediaEntry, Schedule, UriEntry};
+use prometheus_client::metrics::counter::Counter;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{ColumnIndex, Decode, FromRow, Row};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
+use tracing::warn;
 
 /// Why the directory could not answer. Never shown to SIP clients (they see 503).
 #[derive(Debug, thiserror::Error)]
@@ -33,11 +41,23 @@ pub enum DirectoryError {
     /// Applying the reference schema failed.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A watch definition was refused (see [`changelog::check_expression`]).
+    #[error(transparent)]
+    Watch(#[from] changelog::WatchError),
+    /// The database answered something that is not a snapshot (`pg_current_snapshot()`).
+    #[error("unexpected snapshot {0:?} from the database")]
+    BadSnapshot(String),
 }
 
-/// A pool on one of the two supported back-ends.
+/// A pool on one of the two supported back-ends, and the counter of rows it had to skip.
 #[derive(Debug, Clone)]
-pub enum Directory {
+pub struct Directory {
+    db: Db,
+    rows_skipped: Counter,
+}
+
+#[derive(Debug, Clone)]
+enum Db {
     /// The operator's PostgreSQL.
     Postgres(PgPool),
     /// The embedded default (a file or in-memory database).
@@ -119,23 +139,132 @@ struct UserConferenceRow {
     conference: ConferenceRow,
 }
 
+/// A PostgreSQL snapshot (`pg_current_snapshot()`): transactions below `xmin` had ended,
+/// those from `xmax` on had not started, and `xip` lists those in between still running.
+/// Its size is bounded by the number of concurrent transactions, however long one runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgSnapshot {
+    /// Oldest transaction still running (or `xmax` when none is).
+    pub xmin: u64,
+    /// First transaction id not yet assigned.
+    pub xmax: u64,
+    /// Transactions in `[xmin, xmax)` still running.
+    pub xip: Vec<u64>,
+}
+
+impl FromStr for PgSnapshot {
+    type Err = DirectoryError;
+
+    /// Parses PostgreSQL's text form `xmin:xmax:xip,xip,…`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || DirectoryError::BadSnapshot(s.to_owned());
+        let mut parts = s.split(':');
+        let (Some(xmin), Some(xmax), Some(xip), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let xip = xip
+            .split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| x.parse().map_err(|_| bad()))
+            .collect::<Result<Vec<u64>, _>>()?;
+        Ok(Self {
+            xmin: xmin.parse().map_err(|_| bad())?,
+            xmax: xmax.parse().map_err(|_| bad())?,
+            xip,
+        })
+    }
+}
+
+impl std::fmt::Display for PgSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:", self.xmin, self.xmax)?;
+        for (i, x) in self.xip.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{x}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Where the change-log reader stands.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ChangeCursor {
-    /// PostgreSQL: every log row with `txid < frontier` is final (its transaction ended, as
-    /// the snapshot's xmin proves); rows above it already handled are remembered by id.
-    /// Ids alone would lose changes: sequences hand out ids in call order, not commit order.
+    /// PostgreSQL: every log row whose transaction is visible in `snapshot` has been read;
+    /// the next read takes those visible in a newer snapshot and not in this one. Ids alone
+    /// would lose changes (sequences hand out ids in call order, not commit order), and
+    /// a remembered set of ids would grow without bound behind one long transaction.
     Postgres {
-        /// xmin of the last read's snapshot.
-        frontier: u64,
-        /// Handled rows at or above the frontier: id → txid.
-        seen: HashMap<i64, u64>,
+        /// The snapshot of the last read.
+        snapshot: PgSnapshot,
     },
     /// SQLite: one writer at a time, so ids commit in order.
     Sqlite {
         /// Last id handled.
         last_id: i64,
     },
+}
+
+impl ChangeCursor {
+    /// What may be pruned once `--change-retention` has passed since this cursor was taken:
+    /// rows that were committed (and read) when it was taken.
+    pub fn prune_mark(&self) -> PruneMark {
+        match self {
+            ChangeCursor::Postgres { snapshot } => PruneMark::Postgres(snapshot.clone()),
+            ChangeCursor::Sqlite { last_id } => PruneMark::Sqlite(*last_id),
+        }
+    }
+
+    /// The oldest transaction still running at the last read (PostgreSQL only): its log
+    /// rows, if any, are read when it commits.
+    pub fn oldest_open(&self) -> Option<u64> {
+        match self {
+            ChangeCursor::Postgres { snapshot } => snapshot.xip.iter().copied().min(),
+            ChangeCursor::Sqlite { .. } => None,
+        }
+    }
+
+    /// How many transaction ids the cursor holds (bounded by concurrent transactions).
+    pub fn tracked(&self) -> usize {
+        match self {
+            ChangeCursor::Postgres { snapshot } => snapshot.xip.len(),
+            ChangeCursor::Sqlite { .. } => 1,
+        }
+    }
+}
+
+/// A point in the log below which every row had committed at a known time (a past cursor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PruneMark {
+    /// Rows whose transaction is visible in this snapshot.
+    Postgres(PgSnapshot),
+    /// Rows with an id up to this one.
+    Sqlite(i64),
+}
+
+/// What one read of the change log found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LogRead {
+    /// The conferences logged.
+    pub conferences: HashSet<String>,
+    /// A `TRUNCATE` was logged: recompute every cached user.
+    pub resync: bool,
+    /// Log rows read.
+    pub rows: u64,
+}
+
+impl LogRead {
+    fn take(&mut self, conference: String) {
+        self.rows += 1;
+        if conference == RESYNC_MARK {
+            self.resync = true;
+        } else {
+            self.conferences.insert(conference);
+        }
+    }
 }
 
 /// One row of the contract join, as both back-ends return it.
@@ -154,19 +283,26 @@ struct ConferenceRow {
     role: String,
 }
 
+/// New log rows on PostgreSQL: those whose transaction is not visible in the previous
+/// snapshot (`txid >= xmax`, or running then) and is visible in the target one; one page.
+const POSTGRES_READ_LOG: &str = "SELECT id, conference_uri FROM conflist_changes \
+     WHERE (txid >= ($1::text)::xid8 OR txid = ANY(($2::text[])::xid8[])) \
+       AND pg_visible_in_snapshot(txid, ($3::text)::pg_snapshot) AND id > $4 \
+     ORDER BY id LIMIT $5";
+
 impl Directory {
     /// Opens a pool for `url` (`postgres://…` or `sqlite:…`). PostgreSQL URLs are parsed by
     /// sqlx's `PgConnectOptions`, so TLS is configured in the URL: `sslmode=require`, or
     /// `sslmode=verify-full&sslrootcert=/path/ca.pem` (rustls with aws-lc-rs).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DirectoryError> {
         let acquire = Duration::from_secs(5);
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(acquire)
                 .connect(url)
                 .await?;
-            Ok(Directory::Postgres(pool))
+            Db::Postgres(pool)
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -176,32 +312,48 @@ impl Directory {
                 .acquire_timeout(acquire)
                 .connect_with(options)
                 .await?;
-            Ok(Directory::Sqlite(pool))
+            Db::Sqlite(pool)
         } else {
-            Err(DirectoryError::UnsupportedUrl)
-        }
+            return Err(DirectoryError::UnsupportedUrl);
+        };
+        Ok(Self {
+            db,
+            rows_skipped: Counter::default(),
+        })
+    }
+
+    /// Counts skipped rows in `counter` (the registered `rows_skipped` metric).
+    #[must_use]
+    pub fn with_rows_skipped(mut self, counter: Counter) -> Self {
+        self.rows_skipped = counter;
+        self
+    }
+
+    /// Rows skipped so far because they could not be decoded.
+    pub fn rows_skipped(&self) -> u64 {
+        self.rows_skipped.get()
     }
 
     /// Applies the reference schema of this back-end (idempotent).
     pub async fn migrate(&self) -> Result<(), DirectoryError> {
-        match self {
-            Directory::Postgres(pool) => {
+        match &self.db {
+            Db::Postgres(pool) => {
                 sqlx::migrate!("migrations/postgres").run(pool).await?;
                 self.install_watches(&changelog::reference_watches())
                     .await?;
             }
-            Directory::Sqlite(pool) => sqlx::migrate!("migrations/sqlite").run(pool).await?,
+            Db::Sqlite(pool) => sqlx::migrate!("migrations/sqlite").run(pool).await?,
         }
         Ok(())
     }
 
     /// Inserts the demo users, conferences and memberships.
     pub async fn load_demo_data(&self) -> Result<(), DirectoryError> {
-        match self {
-            Directory::Postgres(pool) => {
+        match &self.db {
+            Db::Postgres(pool) => {
                 sqlx::raw_sql(DEMO_DATA).execute(pool).await?;
             }
-            Directory::Sqlite(pool) => {
+            Db::Sqlite(pool) => {
                 sqlx::raw_sql(DEMO_DATA).execute(pool).await?;
             }
         }
@@ -210,11 +362,11 @@ impl Directory {
 
     /// Cheap round trip for readiness checks.
     pub async fn ping(&self) -> Result<(), DirectoryError> {
-        match self {
-            Directory::Postgres(pool) => {
+        match &self.db {
+            Db::Postgres(pool) => {
                 sqlx::raw_sql("SELECT 1").execute(pool).await?;
             }
-            Directory::Sqlite(pool) => {
+            Db::Sqlite(pool) => {
                 sqlx::raw_sql("SELECT 1").execute(pool).await?;
             }
         }
@@ -223,18 +375,15 @@ impl Directory {
 
     /// Every conference `user` (an address of record) is a member of, sorted by entity.
     pub async fn conferences_of(&self, user: &str) -> Result<Vec<Conference>, DirectoryError> {
-        let rows: Vec<ConferenceRow> = match self {
-            Directory::Postgres(pool) => {
-                sqlx::query_as(POSTGRES_QUERY)
+        let rows: Vec<ConferenceRow> = match &self.db {
+            Db::Postgres(pool) => self.decode(
+                &sqlx::query(POSTGRES_QUERY)
                     .bind(user)
                     .fetch_all(pool)
-                    .await?
-            }
-            Directory::Sqlite(pool) => {
-                sqlx::query_as(SQLITE_QUERY)
-                    .bind(user)
-                    .fetch_all(pool)
-                    .await?
+                    .await?,
+            ),
+            Db::Sqlite(pool) => {
+                self.decode(&sqlx::query(SQLITE_QUERY).bind(user).fetch_all(pool).await?)
             }
         };
         Ok(rows
@@ -252,19 +401,19 @@ impl Directory {
         if users.is_empty() {
             return Ok(out);
         }
-        let rows: Vec<UserConferenceRow> = match self {
-            Directory::Postgres(pool) => {
-                sqlx::query_as(POSTGRES_MANY)
+        let rows: Vec<UserConferenceRow> = match &self.db {
+            Db::Postgres(pool) => self.decode(
+                &sqlx::query(POSTGRES_MANY)
                     .bind(users)
                     .fetch_all(pool)
-                    .await?
-            }
-            Directory::Sqlite(pool) => {
-                sqlx::query_as(SQLITE_MANY)
+                    .await?,
+            ),
+            Db::Sqlite(pool) => self.decode(
+                &sqlx::query(SQLITE_MANY)
                     .bind(json_array(users))
                     .fetch_all(pool)
-                    .await?
-            }
+                    .await?,
+            ),
         };
         for row in rows {
             out.entry(row.user_uri)
@@ -283,19 +432,19 @@ impl Directory {
         if conferences.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<UserConferenceRow> = match self {
-            Directory::Postgres(pool) => {
-                sqlx::query_as(POSTGRES_OF_CONFERENCES)
+        let rows: Vec<UserConferenceRow> = match &self.db {
+            Db::Postgres(pool) => self.decode(
+                &sqlx::query(POSTGRES_OF_CONFERENCES)
                     .bind(conferences)
                     .fetch_all(pool)
-                    .await?
-            }
-            Directory::Sqlite(pool) => {
-                sqlx::query_as(SQLITE_OF_CONFERENCES)
+                    .await?,
+            ),
+            Db::Sqlite(pool) => self.decode(
+                &sqlx::query(SQLITE_OF_CONFERENCES)
                     .bind(json_array(conferences))
                     .fetch_all(pool)
-                    .await?
-            }
+                    .await?,
+            ),
         };
         Ok(rows
             .into_iter()
@@ -303,14 +452,47 @@ impl Directory {
             .collect())
     }
 
+    /// Decodes each row on its own; a row that fails is skipped, logged with its
+    /// conference (as far as that can be read) and counted.
+    fn decode<R, T>(&self, rows: &[R]) -> Vec<T>
+    where
+        R: Row,
+        T: for<'r> FromRow<'r, R>,
+        for<'r> Vec<u8>: Decode<'r, R::Database>,
+        &'static str: ColumnIndex<R>,
+    {
+        rows.iter()
+            .filter_map(|row| match T::from_row(row) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.rows_skipped.inc();
+                    let conference = row
+                        .try_get_unchecked::<Option<Vec<u8>>, _>("conference_uri")
+                        .ok()
+                        .flatten()
+                        .map_or_else(
+                            || "(unreadable)".to_owned(),
+                            |b| String::from_utf8_lossy(&b).into_owned(),
+                        );
+                    warn!(
+                        conference = %conference,
+                        error = %e,
+                        "skipping a directory row that cannot be decoded; its member does not see \
+                         this conference until the row is fixed"
+                    );
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// A cursor at the log's current end: what is logged from now on will be read.
     pub async fn change_cursor(&self) -> Result<ChangeCursor, DirectoryError> {
-        Ok(match self {
-            Directory::Postgres(pool) => ChangeCursor::Postgres {
-                frontier: current_xmin(pool).await?,
-                seen: HashMap::new(),
+        Ok(match &self.db {
+            Db::Postgres(pool) => ChangeCursor::Postgres {
+                snapshot: current_snapshot(pool).await?,
             },
-            Directory::Sqlite(pool) => {
+            Db::Sqlite(pool) => {
                 let (last_id,): (i64,) =
                     sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM conflist_changes")
                         .fetch_one(pool)
@@ -320,83 +502,115 @@ impl Directory {
         })
     }
 
-    /// Conferences logged since `cursor`, which moves past them. At most `limit` rows on
-    /// SQLite per call (call again while it returns a full batch).
+    /// Conferences logged since `cursor`, which moves past them only when the whole read
+    /// succeeded (a failed read is simply repeated). Reads pages of at most `page` rows, so
+    /// no single query returns an unbounded tail.
     pub async fn read_changes(
         &self,
         cursor: &mut ChangeCursor,
-        limit: i64,
-    ) -> Result<HashSet<String>, DirectoryError> {
-        let mut changed = HashSet::new();
-        match (self, cursor) {
-            (Directory::Postgres(pool), ChangeCursor::Postgres { frontier, seen }) => {
-                // xmin first: every transaction below it has ended, so the read that follows
-                // sees all of their rows.
-                let xmin = current_xmin(pool).await?;
-                let rows: Vec<(i64, String, String)> = sqlx::query_as(
-                    "SELECT id, conference_uri, txid::text FROM conflist_changes \
-                     WHERE txid >= ($1::text)::xid8 ORDER BY id",
-                )
-                .bind(frontier.to_string())
-                .fetch_all(pool)
-                .await?;
-                for (id, conference, txid) in rows {
-                    if seen.contains_key(&id) {
-                        continue;
+        page: i64,
+    ) -> Result<LogRead, DirectoryError> {
+        let mut read = LogRead::default();
+        let page = page.max(1);
+        match (&self.db, cursor) {
+            (Db::Postgres(pool), ChangeCursor::Postgres { snapshot }) => {
+                // The target snapshot first: every row visible in it is committed, so each
+                // page below (a later snapshot) sees all of them.
+                let target = current_snapshot(pool).await?;
+                let xip: Vec<String> = snapshot.xip.iter().map(u64::to_string).collect();
+                let mut after = 0_i64;
+                loop {
+                    let rows: Vec<(i64, String)> = sqlx::query_as(POSTGRES_READ_LOG)
+                        .bind(snapshot.xmax.to_string())
+                        .bind(&xip)
+                        .bind(target.to_string())
+                        .bind(after)
+                        .bind(page)
+                        .fetch_all(pool)
+                        .await?;
+                    let full = rows.len() as i64 >= page;
+                    for (id, conference) in rows {
+                        after = id;
+                        read.take(conference);
                     }
-                    seen.insert(id, txid.parse().unwrap_or(u64::MAX));
-                    changed.insert(conference);
+                    if !full {
+                        break;
+                    }
                 }
-                *frontier = xmin.max(*frontier);
-                let f = *frontier;
-                seen.retain(|_, txid| *txid >= f);
+                *snapshot = target;
             }
-            (Directory::Sqlite(pool), ChangeCursor::Sqlite { last_id }) => {
-                let rows: Vec<(i64, String)> = sqlx::query_as(
-                    "SELECT id, conference_uri FROM conflist_changes WHERE id > ?1 ORDER BY id LIMIT ?2",
-                )
-                .bind(*last_id)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?;
-                for (id, conference) in rows {
-                    *last_id = id;
-                    changed.insert(conference);
+            (Db::Sqlite(pool), ChangeCursor::Sqlite { last_id }) => {
+                let mut after = *last_id;
+                loop {
+                    let rows: Vec<(i64, String)> = sqlx::query_as(
+                        "SELECT id, conference_uri FROM conflist_changes WHERE id > ?1 ORDER BY id LIMIT ?2",
+                    )
+                    .bind(after)
+                    .bind(page)
+                    .fetch_all(pool)
+                    .await?;
+                    let full = rows.len() as i64 >= page;
+                    for (id, conference) in rows {
+                        after = id;
+                        read.take(conference);
+                    }
+                    if !full {
+                        break;
+                    }
                 }
+                *last_id = after;
             }
             _ => {}
         }
-        Ok(changed)
+        Ok(read)
     }
 
-    /// Deletes log rows older than `retention`; returns how many.
-    pub async fn prune_changes(&self, retention: Duration) -> Result<u64, DirectoryError> {
-        let secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
-        Ok(match self {
-            Directory::Postgres(pool) => sqlx::query(
-                "DELETE FROM conflist_changes WHERE changed_at < now() - make_interval(secs => $1)",
+    /// Deletes log rows older than `retention` that `mark` shows committed (take the mark
+    /// at least `retention` ago): a transaction that commits late keeps its rows until every
+    /// reader had `retention` to see them. Returns how many were deleted.
+    pub async fn prune_changes(
+        &self,
+        retention: Duration,
+        mark: &PruneMark,
+    ) -> Result<u64, DirectoryError> {
+        // Beyond a century the interval would overflow; nothing is that old anyway.
+        let secs = retention.as_secs().min(100 * 365 * 24 * 3600);
+        Ok(match (&self.db, mark) {
+            (Db::Postgres(pool), PruneMark::Postgres(snapshot)) => sqlx::query(
+                "DELETE FROM conflist_changes \
+                 WHERE changed_at < clock_timestamp() - make_interval(secs => $1) \
+                   AND txid < ($2::text)::xid8 \
+                   AND pg_visible_in_snapshot(txid, ($3::text)::pg_snapshot)",
             )
             .bind(secs as f64)
+            .bind(snapshot.xmax.to_string())
+            .bind(snapshot.to_string())
             .execute(pool)
             .await?
             .rows_affected(),
-            Directory::Sqlite(pool) => sqlx::query(
+            (Db::Sqlite(pool), PruneMark::Sqlite(last_id)) => sqlx::query(
                 "DELETE FROM conflist_changes \
-                 WHERE changed_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || ?1 || ' seconds')",
+                 WHERE changed_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || ?1 || ' seconds') \
+                   AND id <= ?2",
             )
-            .bind(secs)
+            .bind(secs as i64)
+            .bind(*last_id)
             .execute(pool)
             .await?
             .rows_affected(),
+            _ => 0,
         })
     }
 
     /// PostgreSQL only: creates the change log and installs triggers on `watches`
-    /// (the operator's tables). Idempotent.
+    /// (the operator's tables). Idempotent. Every watch is checked first.
     pub async fn install_watches(&self, watches: &[Watch]) -> Result<(), DirectoryError> {
-        let Directory::Postgres(pool) = self else {
+        let Db::Postgres(pool) = &self.db else {
             return Err(DirectoryError::PostgresOnly);
         };
+        for w in watches {
+            w.check()?;
+        }
         let mut tx = pool.begin().await?;
         sqlx::raw_sql(changelog::CREATE_LOG)
             .execute(&mut *tx)
@@ -418,63 +632,75 @@ impl Directory {
         Ok(())
     }
 
-    /// PostgreSQL only: removes every installed trigger and the change log.
-    pub async fn uninstall_watches(&self) -> Result<Vec<String>, DirectoryError> {
-        let Directory::Postgres(pool) = self else {
+    /// PostgreSQL only: removes every installed trigger and the change log. Returns the
+    /// tables whose triggers were removed, and the names in `conflist_watched` that were
+    /// skipped because they are not `[schema.]name` identifiers (`db install` never writes
+    /// such a name, so someone else did; no SQL is built from them).
+    pub async fn uninstall_watches(&self) -> Result<(Vec<String>, Vec<String>), DirectoryError> {
+        let Db::Postgres(pool) = &self.db else {
             return Err(DirectoryError::PostgresOnly);
         };
         let mut tx = pool.begin().await?;
         let exists: (bool,) = sqlx::query_as("SELECT to_regclass('conflist_watched') IS NOT NULL")
             .fetch_one(&mut *tx)
             .await?;
-        let mut removed = Vec::new();
+        let (mut removed, mut refused) = (Vec::new(), Vec::new());
         if exists.0 {
-            let watched: Vec<(String, String)> =
-                sqlx::query_as("SELECT table_name, conference_expr FROM conflist_watched")
-                    .fetch_all(&mut *tx)
-                    .await?;
-            for (table, conference_expr) in watched {
+            let watched: Vec<(String,)> = sqlx::query_as("SELECT table_name FROM conflist_watched")
+                .fetch_all(&mut *tx)
+                .await?;
+            for (table,) in watched {
                 let w = Watch {
                     table,
-                    conference_expr,
+                    // Only the table name goes into the uninstall SQL.
+                    conference_expr: "NULL".to_owned(),
                 };
+                if let Err(e) = w.check() {
+                    warn!(error = %e, "conflist_watched holds a name that is not a table name; skipped");
+                    refused.push(w.table);
+                    continue;
+                }
                 sqlx::raw_sql(sqlx::AssertSqlSafe(w.uninstall_sql()))
                     .execute(&mut *tx)
                     .await?;
                 removed.push(w.table);
             }
         }
-        sqlx::raw_sql(
-            "DROP TABLE IF EXISTS conflist_watched; DROP TABLE IF EXISTS conflist_changes;",
-        )
-        .execute(&mut *tx)
-        .await?;
+        sqlx::raw_sql(changelog::DROP_LOG).execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(removed)
+        Ok((removed, refused))
     }
 
     /// The PostgreSQL pool (for LISTEN), if that is the back-end.
     pub fn postgres_pool(&self) -> Option<&PgPool> {
-        match self {
-            Directory::Postgres(pool) => Some(pool),
-            Directory::Sqlite(_) => None,
+        match &self.db {
+            Db::Postgres(pool) => Some(pool),
+            Db::Sqlite(_) => None,
+        }
+    }
+
+    /// The SQLite pool, if that is the back-end (tests write through it).
+    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
+        match &self.db {
+            Db::Sqlite(pool) => Some(pool),
+            Db::Postgres(_) => None,
         }
     }
 
     /// Closes the pool, waiting for checked-out connections.
     pub async fn close(&self) {
-        match self {
-            Directory::Postgres(pool) => pool.close().await,
-            Directory::Sqlite(pool) => pool.close().await,
+        match &self.db {
+            Db::Postgres(pool) => pool.close().await,
+            Db::Sqlite(pool) => pool.close().await,
         }
     }
 }
 
-async fn current_xmin(pool: &PgPool) -> Result<u64, DirectoryError> {
-    let (xmin,): (String,) = sqlx::query_as("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+async fn current_snapshot(pool: &PgPool) -> Result<PgSnapshot, DirectoryError> {
+    let (snapshot,): (String,) = sqlx::query_as("SELECT pg_current_snapshot()::text")
         .fetch_one(pool)
         .await?;
-    Ok(xmin.parse().unwrap_or(0))
+    snapshot.parse()
 }
 
 /// A JSON array of strings, for SQLite's `json_each` (it has no array binds).
@@ -587,5 +813,110 @@ mod tests {
         );
         assert_eq!(c.schedule.start.as_deref(), Some("2026-11-24T09:00:00Z"));
         assert_eq!(c.role.as_deref(), Some("organizer"));
+    }
+
+    #[test]
+    fn snapshots_round_trip_through_their_text_form() {
+        for text in ["10:10:", "5:12:5,7,11"] {
+            let s: PgSnapshot = text.parse().unwrap();
+            assert_eq!(s.to_string(), text);
+        }
+        let s: PgSnapshot = "5:12:5,7,11".parse().unwrap();
+        assert_eq!((s.xmin, s.xmax, s.xip.as_slice()), (5, 12, &[5, 7, 11][..]));
+        for bad in ["", "1:2", "1:2:3:4", "a:2:", "1:2:x"] {
+            assert!(bad.parse::<PgSnapshot>().is_err(), "{bad}");
+        }
+    }
+
+    fn entities(confs: &[Conference]) -> Vec<&str> {
+        confs.iter().map(|c| c.entity.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_in_sqlite_text_skips_only_that_row() {
+        let d = Directory::connect("sqlite::memory:", 1).await.unwrap();
+        d.migrate().await.unwrap();
+        d.load_demo_data().await.unwrap();
+        let Db::Sqlite(pool) = &d.db else {
+            unreachable!("connected to sqlite")
+        };
+        sqlx::query(
+            "UPDATE conflist_conferences SET subject = CAST(X'C328FF' AS TEXT) \
+             WHERE conference_uri = 'sip:1002@conf.example.com'",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+
+        let alice = d.conferences_of("sip:alice@example.com").await.unwrap();
+        assert_eq!(
+            entities(&alice),
+            ["sip:1001@conf.example.com", "sip:1003@conf.example.com"]
+        );
+        assert_eq!(d.rows_skipped(), 1);
+        let many = d
+            .conferences_of_many(&[
+                "sip:alice@example.com".into(),
+                "sip:carol@example.com".into(),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(many["sip:alice@example.com"].len(), 2);
+        assert_eq!(
+            many["sip:carol@example.com"].len(),
+            3,
+            "carol is not in 1002"
+        );
+        assert_eq!(d.rows_skipped(), 2);
+        let members = d
+            .memberships_of(&[
+                "sip:1002@conf.example.com".into(),
+                "sip:1004@conf.example.com".into(),
+            ])
+            .await
+            .unwrap();
+        assert!(
+            members
+                .iter()
+                .all(|(_, c)| c.entity == "sip:1004@conf.example.com")
+        );
+        assert_eq!(members.len(), 2);
+        assert_eq!(d.rows_skipped(), 4, "both members of 1002");
+    }
+
+    #[tokio::test]
+    async fn sqlite_log_reads_page_and_prune_only_below_the_mark() {
+        let d = Directory::connect("sqlite::memory:", 1).await.unwrap();
+        d.migrate().await.unwrap();
+        let mut cursor = d.change_cursor().await.unwrap();
+        d.load_demo_data().await.unwrap();
+        let read = d.read_changes(&mut cursor, 3).await.unwrap();
+        assert_eq!(
+            read.conferences.len(),
+            5,
+            "every demo conference, over pages of 3"
+        );
+        assert_eq!(read.rows, 18, "5 conferences and 13 memberships");
+        assert_eq!(d.read_changes(&mut cursor, 3).await.unwrap().rows, 0);
+
+        let Db::Sqlite(pool) = &d.db else {
+            unreachable!("connected to sqlite")
+        };
+        sqlx::query("UPDATE conflist_changes SET changed_at = '2000-01-01T00:00:00.000Z'")
+            .execute(pool)
+            .await
+            .unwrap();
+        let mark = PruneMark::Sqlite(10);
+        assert_eq!(
+            d.prune_changes(Duration::from_secs(3600), &mark)
+                .await
+                .unwrap(),
+            10
+        );
+        let left: (i64,) = sqlx::query_as("SELECT count(*) FROM conflist_changes")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(left.0, 8, "rows past the mark stay, however old");
     }
 }

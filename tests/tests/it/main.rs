@@ -4,14 +4,18 @@
 
 mod auth;
 mod bad_input;
+mod conformance;
 mod directory;
 mod faults;
 mod grpc_hop;
 mod limits;
 mod live_updates;
 mod operator_schema;
+mod robustness;
 mod shutdown;
+mod soak;
 mod sqlite;
+mod stalls;
 mod subscribe;
 mod tls;
 

@@ -67,6 +67,7 @@ impl Proxy {
             max_dialogs: 100,
             max_route_set_size: 4096,
             flow_identity_lifetime: Duration::from_secs(600),
+            notify_retry: crate::dialog::NotifyRetry::default(),
         };
         let shared = Arc::new(Shared {
             config: ConnectionConfig {
