@@ -5,7 +5,9 @@ use crate::model::{
     Conference, ConferenceDescription, ConferenceList, DocumentState, Entry, MediaEntry, UriEntry,
 };
 
-/// Renders `list`; entries are written sorted by entity (stable).
+/// Renders `list`; entries are written sorted by entity as written (stable), so that a
+/// parsed document renders to the same bytes again even when an entity held characters
+/// XML cannot carry (they are written as U+FFFD, and sorted as such).
 pub(crate) fn render(list: &ConferenceList) -> Vec<u8> {
     let mut w = Writer::default();
     w.0.push_str(r#"<?xml version="1.0" encoding="UTF-8"?>"#);
@@ -15,7 +17,7 @@ pub(crate) fn render(list: &ConferenceList) -> Vec<u8> {
     };
     let version = list.version.to_string();
     let mut entries: Vec<&Entry> = list.entries.iter().collect();
-    entries.sort_by(|a, b| a.entity().cmp(b.entity()));
+    entries.sort_by_cached_key(|e| as_written(e.entity()));
     let mut body = Writer::default();
     for entry in entries {
         match entry {
@@ -151,6 +153,13 @@ impl Writer {
     }
 }
 
+/// `s` with the characters XML 1.0 cannot carry replaced as [`escape`] replaces them.
+fn as_written(s: &str) -> String {
+    s.chars()
+        .map(|c| if is_xml_char(c) { c } else { '\u{FFFD}' })
+        .collect()
+}
+
 /// True for the characters XML 1.0 can carry (`Char` production; Rust has no surrogates).
 fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{FFFD}' | '\u{10000}'..)
@@ -188,6 +197,21 @@ mod tests {
         let mut s = String::new();
         escape(&mut s, "a&<>\"'\r\n\t\u{1}\u{FFFE}", true);
         assert_eq!(s, "a&amp;&lt;&gt;&quot;'&#13;&#10;&#9;\u{FFFD}\u{FFFD}");
+    }
+
+    #[test]
+    fn entries_sort_as_written_so_render_is_a_fixed_point() {
+        // Found by the document fuzz target: "\u{0}" sorts before "sip:", U+FFFD after.
+        let deleted = |e: &str| Entry::Deleted { entity: e.into() };
+        let list = ConferenceList {
+            entity: "sip:a@x".into(),
+            version: 1,
+            state: DocumentState::Partial,
+            entries: vec![deleted("sip:1@x"), deleted("\u{0}")],
+        };
+        let once = ConferenceList::parse(&list.render()).unwrap();
+        assert_eq!(once.render(), list.render());
+        assert_eq!(once.entries[1], deleted("\u{FFFD}"));
     }
 
     #[test]

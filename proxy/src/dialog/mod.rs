@@ -259,11 +259,30 @@ impl Dialogs {
         match (&req.method, to_tag) {
             (Method::Subscribe, None) => self.on_initial_subscribe(req, now),
             (Method::Subscribe, Some(tag)) => self.on_refresh(req, &tag, now),
-            (Method::Options, None) => vec![reply(&req, StatusCode::OK, None, |h| {
-                h.push(HeaderName::ALLOW, ALLOW);
-                h.push(HeaderName::ACCEPT, CONTENT_TYPE);
-                h.push(HeaderName::ALLOW_EVENTS, EVENT_PACKAGE);
-            })],
+            (Method::Options, None) => {
+                // RFC 3261 §8.2.2.1 and §8.2.2.3 hold for every request (RFC 4475 §3.3.2,
+                // §3.3.3, §3.3.5); a SUBSCRIBE meets them in `check_initial`.
+                if !req.uri.is_sip() {
+                    return vec![reply(
+                        &req,
+                        StatusCode::UNSUPPORTED_URI_SCHEME,
+                        None,
+                        |_| {},
+                    )];
+                }
+                let required: Vec<&str> = req.headers.get_split(&HeaderName::REQUIRE).collect();
+                if !required.is_empty() {
+                    let unsupported = required.join(", ");
+                    return vec![reply(&req, StatusCode::BAD_EXTENSION, None, |h| {
+                        h.push(HeaderName::UNSUPPORTED, unsupported);
+                    })];
+                }
+                vec![reply(&req, StatusCode::OK, None, |h| {
+                    h.push(HeaderName::ALLOW, ALLOW);
+                    h.push(HeaderName::ACCEPT, CONTENT_TYPE);
+                    h.push(HeaderName::ALLOW_EVENTS, EVENT_PACKAGE);
+                })]
+            }
             (_, Some(tag)) => {
                 if self.find(&req, &tag).is_some() {
                     vec![reply(&req, StatusCode::METHOD_NOT_ALLOWED, None, |h| {

@@ -101,20 +101,55 @@ pub fn service_unavailable(req: &Request, retry_after_secs: u32) -> sip::Message
     sip::Message::Response(resp)
 }
 
-/// A `400` for a message the codec rejected, built from its raw header lines when the five
-/// headers a response needs can be found (so the client learns why); `None` otherwise, and
-/// the caller drops the message with a log line. Never used for responses.
+/// The answer to a request the codec rejected, built from its raw header lines when the five
+/// headers a response needs can be found (so the client learns why): `505 Version Not
+/// Supported` for a request line with another SIP version (RFC 3261 §8.2.1, §21.5.6; RFC 4475
+/// §3.1.2.16), `400` with `reason` otherwise. `None` when no response can be built (no
+/// request line, a response, a missing header); the caller then drops the message with a log
+/// line. Header lines may be folded or compact; a header block without its final empty line
+/// (RFC 4475 §3.1.2.15 as archived) is still read.
 pub fn salvage_bad_request(buf: &[u8], reason: &str) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(buf).ok()?;
     let head = text.split("\r\n\r\n").next()?;
     let mut lines = head.split("\r\n");
     let start = lines.next()?;
-    if start.starts_with("SIP/") || !start.ends_with("SIP/2.0") {
+    if start.starts_with("SIP/") {
         return None;
     }
-    let mut out: Vec<(&str, &str)> = Vec::new();
+    let version = start.split_whitespace().last()?;
+    let (proto, number) = version.split_at_checked(4)?;
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !proto.eq_ignore_ascii_case("SIP/")
+        || !number
+            .split_once('.')
+            .is_some_and(|(a, b)| numeric(a) && numeric(b))
+        || start.split_whitespace().count() < 3
+    {
+        return None;
+    }
+    let (code, reason) = if number == "2.0" {
+        (400, reason)
+    } else {
+        (505, "Version Not Supported")
+    };
+    // (name, value) of the headers a response copies; singletons keep their first value.
+    let mut out: Vec<(&str, String)> = Vec::new();
+    let mut continuing = false;
     for line in lines {
-        let (name, value) = line.split_once(':')?;
+        if line.is_empty() {
+            break;
+        }
+        if line.starts_with([' ', '\t']) {
+            if continuing && let Some((_, v)) = out.last_mut() {
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+            continue;
+        }
+        continuing = false;
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let name = match name.trim().to_ascii_lowercase().as_str() {
             "via" | "v" => "Via",
             "from" | "f" => "From",
@@ -123,7 +158,11 @@ pub fn salvage_bad_request(buf: &[u8], reason: &str) -> Option<Vec<u8>> {
             "cseq" => "CSeq",
             _ => continue,
         };
-        out.push((name, value.trim()));
+        if name != "Via" && out.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        out.push((name, value.trim().to_owned()));
+        continuing = true;
     }
     for needed in ["Via", "From", "To", "Call-ID", "CSeq"] {
         if !out.iter().any(|(n, _)| *n == needed) {
@@ -131,15 +170,34 @@ pub fn salvage_bad_request(buf: &[u8], reason: &str) -> Option<Vec<u8>> {
         }
     }
     let reason: String = reason.chars().filter(|c| !c.is_control()).collect();
-    let mut resp = format!("SIP/2.0 400 {reason}\r\n");
-    for (n, v) in out {
+    let mut resp = format!("SIP/2.0 {code} {reason}\r\n");
+    for (n, v) in &out {
         if v.chars().any(char::is_control) {
             return None;
         }
-        resp.push_str(&format!("{n}: {v}\r\n"));
+        if *n == "To" {
+            resp.push_str(&format!("To: {}\r\n", with_to_tag(v, &out)));
+        } else {
+            resp.push_str(&format!("{n}: {v}\r\n"));
+        }
     }
     resp.push_str("Content-Length: 0\r\n\r\n");
     Some(resp.into_bytes())
+}
+
+/// The To value with a tag (RFC 3261 §8.2.6.2) derived from the request's headers, so a
+/// retransmission gets the same one; left as received when it has a tag or does not parse.
+fn with_to_tag(to: &str, headers: &[(&str, String)]) -> String {
+    use std::hash::{Hash, Hasher};
+    match NameAddr::parse(to) {
+        Ok(mut addr) if addr.tag().is_none() => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            headers.hash(&mut h);
+            addr.set_tag(&format!("{:016x}", h.finish()));
+            addr.to_string()
+        }
+        _ => to.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -227,14 +285,64 @@ mod tests {
     fn salvages_a_400_only_when_the_response_headers_are_there() {
         let bad = b"SUBSCRIBE <sip:x@example.com> SIP/2.0\r\nv: SIP/2.0/WS h.invalid;branch=z9hG4bKa\r\nf: <sip:a@example.com>;tag=1\r\nt: <sip:x@example.com>\r\ni: abc\r\nCSeq: 1 SUBSCRIBE\r\n\r\n";
         let resp = String::from_utf8(salvage_bad_request(bad, "Bad Request-URI").unwrap()).unwrap();
+        let to_tag = |resp: &str| {
+            let to = resp.lines().find_map(|l| l.strip_prefix("To: ")).unwrap();
+            NameAddr::parse(to).unwrap().tag().map(str::to_owned)
+        };
+        let tag = to_tag(&resp).expect("a To-tag");
+        assert_eq!(tag.len(), 16);
         assert_eq!(
             resp,
-            "SIP/2.0 400 Bad Request-URI\r\nVia: SIP/2.0/WS h.invalid;branch=z9hG4bKa\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:x@example.com>\r\nCall-ID: abc\r\nCSeq: 1 SUBSCRIBE\r\nContent-Length: 0\r\n\r\n"
+            format!(
+                "SIP/2.0 400 Bad Request-URI\r\nVia: SIP/2.0/WS h.invalid;branch=z9hG4bKa\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:x@example.com>;tag={tag}\r\nCall-ID: abc\r\nCSeq: 1 SUBSCRIBE\r\nContent-Length: 0\r\n\r\n"
+            )
+        );
+        // Stable per request, so a retransmission gets the same To-tag.
+        assert_eq!(
+            salvage_bad_request(bad, "Bad Request-URI").unwrap(),
+            resp.as_bytes()
         );
         assert!(salvage_bad_request(b"\x00\xff garbage", "x").is_none());
         assert!(salvage_bad_request(b"SIP/2.0 200 OK\r\nVia: a\r\n\r\n", "x").is_none());
         let no_call_id =
             b"SUBSCRIBE sip:x@e SIP/2.0\r\nVia: a\r\nFrom: b\r\nTo: c\r\nCSeq: 1 SUBSCRIBE\r\n\r\n";
         assert!(salvage_bad_request(no_call_id, "x").is_none());
+        // No SIP-Version at all: not recognisably SIP, dropped.
+        let no_version =
+            b"INVITE sip:x@e\r\nVia: a\r\nFrom: b\r\nTo: c\r\nCall-ID: d\r\nCSeq: 1 INVITE\r\n\r\n";
+        assert!(salvage_bad_request(no_version, "x").is_none());
+    }
+
+    #[test]
+    fn another_sip_version_gets_505() {
+        // RFC 4475 §3.1.2.16 (badvers.dat).
+        let bad = b"OPTIONS sip:t.watson@example.org SIP/7.0\r\nVia:     SIP/7.0/UDP c.example.com;branch=z9hG4bKkdjuw\r\nMax-Forwards:     70\r\nFrom:    A. Bell <sip:a.g.bell@example.com>;tag=qweoiqpe\r\nTo:      T. Watson <sip:t.watson@example.org>\r\nCall-ID: badvers.31417@c.example.com\r\nCSeq:    1 OPTIONS\r\nl: 0\r\n\r\n";
+        let resp = String::from_utf8(salvage_bad_request(bad, "ignored").unwrap()).unwrap();
+        assert!(
+            resp.starts_with("SIP/2.0 505 Version Not Supported\r\n"),
+            "{resp}"
+        );
+        assert!(resp.contains("\r\nVia: SIP/7.0/UDP c.example.com;branch=z9hG4bKkdjuw\r\n"));
+        assert!(resp.contains("\r\nCSeq: 1 OPTIONS\r\n"));
+        let sip::Message::Response(parsed) = sip::parse_message(resp.as_bytes()).unwrap() else {
+            panic!("not a response");
+        };
+        assert_eq!(parsed.status.as_u16(), 505);
+        // The version is case-insensitive (RFC 3261 §7.1): sip/2.0 is not another version.
+        let lower = String::from_utf8_lossy(bad).replacen("SIP/7.0\r\n", "sip/2.0\r\n", 1);
+        let resp = salvage_bad_request(lower.as_bytes(), "Bad Request").unwrap();
+        assert!(resp.starts_with(b"SIP/2.0 400 Bad Request\r\n"));
+    }
+
+    #[test]
+    fn salvage_reads_folded_unterminated_and_padded_heads() {
+        // Trailing spaces after the version (RFC 4475 §3.1.2.10), a folded Via, duplicate
+        // singletons (first kept) and no final empty line (§3.1.2.15 as archived).
+        let bad = b"OPTIONS sip:x@example.com SIP/2.0  \r\nVia: SIP/2.0/UDP h.example.com\r\n ;branch=z9hG4bKf\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:x@example.com>;tag=2\r\nTo: <sip:y@example.com>\r\nCall-ID: c\r\nno colon here\r\nCSeq: 1 OPTIONS\r\nl: 0\r\n";
+        let resp = String::from_utf8(salvage_bad_request(bad, "Bad Request").unwrap()).unwrap();
+        assert_eq!(
+            resp,
+            "SIP/2.0 400 Bad Request\r\nVia: SIP/2.0/UDP h.example.com ;branch=z9hG4bKf\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:x@example.com>;tag=2\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
     }
 }
