@@ -265,6 +265,13 @@ function psql(adminUrl, sql) {
   return r;
 }
 
+/** Runs `sql` on the database at `url` with psql (one transaction, committed when this returns). */
+export function runSql(url, sql) {
+  const r = psql(url, sql);
+  if (r.status !== 0) throw new Error(`psql failed (code ${r.status}) on ${JSON.stringify(sql)}: ${r.stderr.trim()}`);
+  return r.stdout;
+}
+
 /** A fresh `conflist_node_<random>` database; `drop()` removes it (WITH (FORCE)). */
 export function createDatabase() {
   const adminUrl = process.env.TEST_DATABASE_URL || DEFAULT_ADMIN_URL;

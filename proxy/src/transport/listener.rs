@@ -7,8 +7,8 @@
 //! upgraded WebSocket connection, is tracked: [`serve`] returns only when all are done, which
 //! is what shutdown waits for (axum's `serve` does not track upgraded connections).
 //!
-//! Only the upgrade is served: any other answer carries `Connection: close`, so an HTTP
-//! connection never outlives its one request. Connections still in their handshake are
+//! Only the upgrade (and, with `--web-page`, the page's files) is served: any other answer
+//! carries `Connection: close`, so an HTTP connection never outlives its one request. Connections still in their handshake are
 //! capped at `--max-connections` as well (beyond the cap they are closed at accept), so at
 //! most twice that many client sockets are open at once.
 
@@ -97,8 +97,17 @@ impl Listener {
 /// connection task has ended: handshakes are dropped, upgraded connections drain their
 /// dialogs (bounded by their own drain timeout). The caller bounds the wait as a whole.
 pub async fn serve(listeners: Vec<Listener>, shared: Arc<Shared>) {
+    serve_with_page(listeners, shared, None).await;
+}
+
+/// [`serve`], with the web page ([`crate::web`]) answering plain `GET`s when `page` is given.
+pub async fn serve_with_page(
+    listeners: Vec<Listener>,
+    shared: Arc<Shared>,
+    page: Option<Arc<crate::web::WebPage>>,
+) {
     let tracker = TaskTracker::new();
-    let router = ws::router(shared.clone());
+    let router = ws::router_with_page(shared.clone(), page);
     let handshakes = Arc::new(Semaphore::new(
         shared.connection_slots.available_permits().max(1),
     ));

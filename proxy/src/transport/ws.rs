@@ -2,15 +2,20 @@
 //! checked against `--allowed-origin`, the client address taken from a trusted load
 //! balancer's `X-Forwarded-For`, the per-address and global connection caps, then one SIP
 //! message per WebSocket message with small per-connection buffers.
+//!
+//! A request that is not an upgrade at all (no `Upgrade` header) may instead get a file of the
+//! web page ([`crate::web`], `--web-page`); anything else keeps the upgrade's own refusal.
 
 use super::connection::{self, ConnectionParams, Shared};
 use super::limits::AddressGuard;
 use crate::dialog::DialogConfig;
+use crate::web::WebPage;
 use axum::Extension;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::net::SocketAddr;
@@ -31,21 +36,50 @@ pub struct ConnectionContext {
     pub tracker: TaskTracker,
 }
 
-/// The router serving WebSocket upgrades on any path.
+/// The router serving WebSocket upgrades on any path (no web page).
 pub fn router(shared: Arc<Shared>) -> Router {
+    router_with_page(shared, None)
+}
+
+/// The router serving WebSocket upgrades on any path and, when `page` is given, the web
+/// page's files to plain `GET`s.
+pub fn router_with_page(shared: Arc<Shared>, page: Option<Arc<WebPage>>) -> Router {
     Router::new()
         .route("/", get(upgrade))
         .fallback(get(upgrade))
-        .with_state(shared)
+        .with_state(RouterState { shared, page })
+}
+
+/// What the handler needs: the connections' shared state and the web page, if served.
+#[derive(Debug, Clone)]
+struct RouterState {
+    shared: Arc<Shared>,
+    page: Option<Arc<WebPage>>,
 }
 
 async fn upgrade(
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    uri: Uri,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    State(shared): State<Arc<Shared>>,
+    State(RouterState { shared, page }): State<RouterState>,
     context: Option<Extension<ConnectionContext>>,
     headers: HeaderMap,
 ) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(refused) => {
+            // Only a request that asks for no upgrade at all is a page request; a broken
+            // upgrade keeps its refusal.
+            if !headers.contains_key(header::UPGRADE)
+                && let Some(page) = &page
+                && let Some(resp) = page.response(uri.path(), &headers)
+            {
+                debug!(client.addr = %peer, path = uri.path(), status = resp.status().as_u16(), "web page");
+                return resp;
+            }
+            return refused.into_response();
+        }
+    };
     let ws = ws.protocols(["sip"]);
     if ws.selected_protocol().is_none() {
         debug!(client.addr = %peer, "upgrade without subprotocol sip refused");
