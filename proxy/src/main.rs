@@ -6,7 +6,16 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = match Config::try_parse() {
+        Ok(c) => c,
+        // --help and --version are not errors.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // A value clap cannot parse is a configuration error like any other: one line, 64.
+        Err(e) => {
+            eprintln!("conflist-proxy: invalid configuration: {}", first_line(&e));
+            return ExitCode::from(64);
+        }
+    };
     if let Err(msg) = config.validate() {
         eprintln!("conflist-proxy: invalid configuration: {msg}");
         return ExitCode::from(64);
@@ -20,4 +29,11 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap's message without its `error: ` prefix, usage and hints.
+fn first_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
 }

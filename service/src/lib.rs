@@ -7,22 +7,37 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
+use std::ffi::OsStr;
 use std::future::Future;
+use std::io::IsTerminal;
 use std::pin::Pin;
 use std::sync::Arc;
 
 /// Logs to stderr as `text` or `json`; the level comes from `RUST_LOG` (default `info`).
+/// Colours only when stderr is a terminal and `NO_COLOR` is unset or empty
+/// (<https://no-color.org>), so log files and collectors get plain text.
 pub fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = use_ansi(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
         builder.init();
     }
+}
+
+/// Whether log lines get ANSI colours: only on a terminal, and never with a non-empty
+/// `NO_COLOR`.
+fn use_ansi(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
 /// Resolves on SIGINT or SIGTERM; both mean "drain gracefully".
@@ -94,5 +109,23 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
         )
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_ansi;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(use_ansi(true, None));
+        assert!(
+            use_ansi(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!use_ansi(true, Some(OsStr::new("1"))));
+        assert!(!use_ansi(false, None), "a pipe or file gets plain text");
+        assert!(!use_ansi(false, Some(OsStr::new("1"))));
     }
 }

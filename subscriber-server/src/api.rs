@@ -16,6 +16,7 @@
 //! [`Context::stall_timeout`], or outgrows [`SESSION_BACKLOG`], ends that session (counted);
 //! other sessions never wait for it.
 
+use crate::admin::{self, SubscriptionInfo};
 use crate::auth::{Authenticator, Credentials, Label, Outcome, Verdict, digest, loggable};
 use crate::cache::{AttachError, Cache, SessionKey, SessionWake, UserDoc};
 use crate::directory::DirectoryError;
@@ -81,6 +82,8 @@ pub struct Context {
     /// How long a session's outbound backlog may wait without progress (the proxy stopped
     /// reading) before the session ends (`--session-stall-timeout`).
     pub stall_timeout: Duration,
+    /// The admin API's view of the sessions (see [`crate::admin`]).
+    pub admin: Arc<admin::Hub>,
 }
 
 /// The gRPC service.
@@ -138,6 +141,7 @@ impl SubscriptionService for SessionService {
         let (end_tx, end_rx) = oneshot::channel();
         let mut session = Session::new(self.ctx.clone(), tx);
         session.out.end = Some(end_tx);
+        session.proxy = peer.clone();
         let span = info_span!("session", proxy.addr = %peer);
         self.ctx
             .tracker
@@ -306,12 +310,28 @@ struct Session {
     tasks: JoinSet<Done>,
     key: SessionKey,
     wake: Arc<SessionWake>,
+    /// The proxy's address, as the admin API shows it.
+    proxy: String,
+    /// What the admin API shows beyond the registry, by subscription id (entries of ended
+    /// subscriptions are pruned; the registry decides what is live).
+    meta: HashMap<String, SubMeta>,
+    /// Commands from the admin API, and this session's place in its hub.
+    admin: (admin::Registration, mpsc::Receiver<admin::Command>),
+}
+
+/// Per-subscription facts for the admin API.
+#[derive(Debug, Clone, Copy)]
+struct SubMeta {
+    since: u64,
+    version: Option<u64>,
+    delivered: Option<u64>,
 }
 
 impl Session {
     fn new(ctx: Arc<Context>, out: mpsc::Sender<ServerMessage>) -> Self {
         ctx.metrics.sessions.inc();
         let (key, wake) = ctx.cache.register_session();
+        let admin = ctx.admin.register();
         Self {
             ctx,
             out: Outbound::new(out),
@@ -321,6 +341,9 @@ impl Session {
             tasks: JoinSet::new(),
             key,
             wake,
+            proxy: "unknown".to_owned(),
+            meta: HashMap::new(),
+            admin,
         }
     }
 
@@ -349,6 +372,7 @@ impl Session {
                     }
                 },
                 () = wake.changed() => self.on_users_changed().await,
+                Some(cmd) = self.admin.1.recv() => self.on_admin(cmd).await,
                 () = sleep_until_opt(deadline) => self.on_deadline().await,
                 room = self.out.room() => room.and_then(|()| self.out.flush()),
                 () = sleep_until_opt(stalled_at) => Err(Stop::Stalled),
@@ -413,6 +437,11 @@ impl Session {
                         .registry
                         .get_mut(&d.subscription_id)
                         .map(|sub| (sub.delivered(d.version), sub.in_flight));
+                    if let Some((Delivered::Current { .. }, _)) = delivered
+                        && let Some(meta) = self.meta.get_mut(&d.subscription_id)
+                    {
+                        meta.delivered = Some(d.version);
+                    }
                     match delivered {
                         Some((Delivered::Current { follow_up: true }, _)) => {
                             return self.send_state(&d.subscription_id, false).await;
@@ -737,8 +766,80 @@ impl Session {
                 .await;
         }
         self.registry.insert(id.clone(), sub);
+        if self.meta.len() > 2 * self.registry.len() + 64 {
+            let registry = &self.registry;
+            self.meta.retain(|id, _| registry.contains(id));
+        }
+        self.meta.insert(
+            id.clone(),
+            SubMeta {
+                since: unix_now(),
+                version: None,
+                delivered: None,
+            },
+        );
         self.ctx.metrics.subscriptions.inc();
         self.send_state(&id, true).await
+    }
+
+    /// A command of the admin API; answers it (a requester that gave up is ignored).
+    async fn on_admin(&mut self, cmd: admin::Command) -> Result<(), Stop> {
+        let registry = &self.registry;
+        self.meta.retain(|id, _| registry.contains(id));
+        match cmd {
+            admin::Command::List { user, reply } => {
+                let now = Instant::now();
+                let list = self
+                    .meta
+                    .iter()
+                    .filter_map(|(id, meta)| {
+                        let sub = self.registry.get(id)?;
+                        if user
+                            .as_deref()
+                            .is_some_and(|u| !subscription::same_aor(u, &sub.subscriber))
+                        {
+                            return None;
+                        }
+                        Some(SubscriptionInfo {
+                            id: id.clone(),
+                            user: sub.subscriber.clone(),
+                            proxy: self.proxy.clone(),
+                            since: meta.since,
+                            expires: sub.remaining_secs(now),
+                            version: meta.version,
+                            last_delivered: meta.delivered,
+                        })
+                    })
+                    .collect();
+                let _ = reply.send(list);
+                Ok(())
+            }
+            admin::Command::Resend { user, reply } => {
+                let ids: Vec<String> = self
+                    .meta
+                    .keys()
+                    .filter(|id| {
+                        self.registry
+                            .get(id)
+                            .is_some_and(|s| subscription::same_aor(&user, &s.subscriber))
+                    })
+                    .cloned()
+                    .collect();
+                for id in &ids {
+                    if let Some(sub) = self.registry.get_mut(id) {
+                        // Forget what the client holds: the next Notification is full state
+                        // (after the one in flight, if any).
+                        sub.sent = None;
+                    }
+                }
+                let _ = reply.send(ids.len());
+                info!(subscriber = %user, subscriptions = ids.len(), "admin: full resend");
+                for id in &ids {
+                    self.send_state(id, true).await?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Users whose lists changed: each of their subscriptions gets the new state (subject
@@ -876,6 +977,9 @@ impl Session {
             .notification_bytes
             .inc_by(body.len() as u64);
         debug!(subscription.id = %id, version, ?state, ?reason, bytes = body.len(), "notification");
+        if let Some(meta) = self.meta.get_mut(id) {
+            meta.version = Some(version);
+        }
         self.send(server_message::Kind::Notification(Notification {
             subscription_id: id.to_owned(),
             version,
@@ -1164,6 +1268,7 @@ mod tests {
             trust_flow_identity,
             max_subscriptions_per_user: max_per_user,
             stall_timeout: Duration::from_secs(10),
+            admin: Arc::default(),
         })
     }
 
@@ -1633,6 +1738,78 @@ mod tests {
         assert_eq!(a.reason, "too many subscriptions for this user");
         let a = h.subscribe("s4", "bob", None, "sip:bob@example.com").await;
         assert_eq!(status(&a), AnswerStatus::Ok, "per user");
+    }
+
+    /// The next Notification the session sent, skipping other messages.
+    fn next_notification(h: &mut Harness) -> Notification {
+        loop {
+            if let Some(server_message::Kind::Notification(n)) = h.rx.try_recv().unwrap().kind {
+                return n;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_admin_api_lists_and_a_resend_is_full_state_after_the_one_in_flight() {
+        let mut h = Harness::new(false).await;
+        for (id, user) in [("s2", "bob"), ("s1", "alice")] {
+            let a = h.subscribe(id, user, None, "").await;
+            assert_eq!(status(&a), AnswerStatus::Ok);
+            let first = next_notification(&mut h);
+            assert_eq!((first.subscription_id.as_str(), first.version), (id, 0));
+        }
+        let (reply, list) = oneshot::channel();
+        h.session
+            .on_admin(admin::Command::List {
+                user: Some("sip:alice@example.com".into()),
+                reply,
+            })
+            .await
+            .unwrap();
+        let list = list.await.unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            (list[0].id.as_str(), list[0].version, list[0].last_delivered),
+            ("s1", Some(0), None)
+        );
+
+        // Version 0 is still in flight: the resend waits for its answer, then is full.
+        let (reply, count) = oneshot::channel();
+        h.session
+            .on_admin(admin::Command::Resend {
+                user: "sip:alice@example.com".into(),
+                reply,
+            })
+            .await
+            .unwrap();
+        assert_eq!(count.await.unwrap(), 1);
+        assert!(
+            !h.notification_waiting(),
+            "nothing overtakes the one in flight"
+        );
+        h.session
+            .on_message(ProxyMessage {
+                kind: Some(proxy_message::Kind::Delivered(v1::Delivered {
+                    subscription_id: "s1".into(),
+                    version: 0,
+                    outcome: DeliveryOutcome::Accepted.into(),
+                })),
+            })
+            .await
+            .unwrap();
+        let resent = next_notification(&mut h);
+        assert_eq!((resent.subscription_id.as_str(), resent.version), ("s1", 1));
+        let doc = ConferenceList::parse(&resent.body).unwrap();
+        assert_eq!(doc.state, document::DocumentState::Full);
+        let (reply, list) = oneshot::channel();
+        h.session
+            .on_admin(admin::Command::List { user: None, reply })
+            .await
+            .unwrap();
+        let list = list.await.unwrap();
+        assert_eq!(list.len(), 2);
+        let s1 = list.iter().find(|s| s.id == "s1").unwrap();
+        assert_eq!((s1.version, s1.last_delivered), (Some(1), Some(0)));
     }
 
     fn answer_msg(n: u64) -> ServerMessage {

@@ -173,6 +173,10 @@ pub struct Config {
     /// Require proxy client certificates signed by this PEM CA (mutual TLS; needs TLS).
     #[arg(long, env = "CONFLIST_GRPC_CLIENT_CA")]
     pub grpc_client_ca: Option<PathBuf>,
+    /// File holding the admin token: with it, the admin port also serves the JSON admin API
+    /// (`/admin/…`, `Authorization: Bearer <token>`); without it those routes answer 404.
+    #[arg(long, env = "CONFLIST_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// A one-off database task instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -226,6 +230,8 @@ pub struct Secrets {
     pub grpc_secret: Option<Vec<u8>>,
     /// TLS for the gRPC listener.
     pub grpc_tls: Option<ServerTlsConfig>,
+    /// The admin API's bearer token (`--admin-token-file`); `None` disables the API.
+    pub admin_token: Option<Vec<u8>>,
 }
 
 /// `conflist-server db …`
@@ -390,10 +396,16 @@ impl Config {
             AuthMode::Off => None,
             AuthMode::On => Some(self.auth_config()?),
         };
+        let admin_token = self
+            .admin_token_file
+            .as_deref()
+            .map(|p| read_secret("--admin-token-file", p))
+            .transpose()?;
         Ok(Secrets {
             auth,
             grpc_secret,
             grpc_tls,
+            admin_token,
         })
     }
 

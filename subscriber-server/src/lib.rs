@@ -14,8 +14,10 @@
 //! - [`cache`]: per-user documents shared by all sessions; recomputes changed users.
 //! - [`changes`]: the change follower (change log + LISTEN, or snapshot polling).
 //! - [`directory`]: SQL against the database contract; migrations; change-log triggers.
+//! - [`admin`]: the JSON admin API (`/admin/…`, behind `--admin-token-file`).
 //! - [`metrics`]: the counters and gauges behind `/metrics` (served by `conflist-service`).
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod cache;
@@ -83,6 +85,7 @@ pub async fn run_with(
         metrics.clone(),
         token.clone(),
     ));
+    let hub = Arc::new(admin::Hub::default());
     let ctx = Arc::new(api::Context {
         policy: subscription::Policy {
             min_expires: config.min_expires,
@@ -102,6 +105,7 @@ pub async fn run_with(
         trust_flow_identity: config.hop_authenticated(),
         max_subscriptions_per_user: config.max_subscriptions_per_user,
         stall_timeout: config.session_stall_timeout,
+        admin: hub.clone(),
     });
     if ctx.auth.is_none() {
         warn!("--auth off: subscribers are not authenticated (the From address is trusted)");
@@ -171,14 +175,18 @@ pub async fn run_with(
             }),
     );
     let admin_token = token.clone();
+    let admin_api = admin::router(hub, secrets.admin_token);
     let admin_task = tokio::spawn(async move {
         let ready: conflist_service::ReadinessCheck = Arc::new(move || {
             let directory = directory.clone();
             Box::pin(async move { directory.ping().await.map_err(|_| "database unreachable") })
         });
-        axum::serve(admin, conflist_service::admin_router(registry, ready))
-            .with_graceful_shutdown(async move { admin_token.cancelled().await })
-            .await
+        axum::serve(
+            admin,
+            conflist_service::admin_router(registry, ready).merge(admin_api),
+        )
+        .with_graceful_shutdown(async move { admin_token.cancelled().await })
+        .await
     });
 
     shutdown.await;

@@ -11,8 +11,14 @@ async fn main() -> ExitCode {
         Ok(c) => c,
         // --help and --version are not errors.
         Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
+        // `conflist-server db` without a subcommand: its help, on stderr.
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             let _ = e.print();
+            return ExitCode::from(64);
+        }
+        // A value clap cannot parse is a configuration error like any other: one line, 64.
+        Err(e) => {
+            eprintln!("conflist-server: invalid configuration: {}", first_line(&e));
             return ExitCode::from(64);
         }
     };
@@ -46,4 +52,11 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap's message without its `error: ` prefix, usage and hints.
+fn first_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
 }

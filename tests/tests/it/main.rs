@@ -4,12 +4,14 @@
 
 mod auth;
 mod bad_input;
+mod cli_errors;
 mod conformance;
 mod directory;
 mod faults;
 mod grpc_hop;
 mod limits;
 mod live_updates;
+mod operator;
 mod operator_schema;
 mod robustness;
 mod shutdown;
