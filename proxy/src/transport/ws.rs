@@ -136,7 +136,9 @@ async fn upgrade(
     let max = shared.config.max_message_size;
     ws.read_buffer_size(8 * 1024)
         .write_buffer_size(8 * 1024)
-        .max_write_buffer_size(max.saturating_mul(4).max(64 * 1024))
+        // Outgoing NOTIFYs can be far larger than what clients may send: the write buffer
+        // must hold the largest notification the upstream accepts (plus SIP headers).
+        .max_write_buffer_size(crate::upstream::MAX_NOTIFICATION_BYTES + 64 * 1024)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {

@@ -37,6 +37,10 @@ use tracing::{debug, info, warn};
 /// Commands buffered per server before new subscriptions get 503 (and a `Delivered` or
 /// `Unsubscribe` ends the session).
 pub const COMMAND_QUEUE: usize = 8192;
+/// Largest message accepted from a subscriber-server, and so the largest NOTIFY body the
+/// proxy can deliver. Set explicitly: tonic's default of 4 MiB would end the whole session
+/// (every subscription on it) for one user's large list.
+pub const MAX_NOTIFICATION_BYTES: usize = 16 * 1024 * 1024;
 /// Commands handed to the gRPC stream but not yet taken by it; the writer waits for room
 /// here, the queue above absorbs the rest.
 const STREAM_QUEUE: usize = 256;
@@ -255,7 +259,8 @@ async fn run_session(
             Ok(ch) => SubscriptionServiceClient::with_interceptor(
                 ch,
                 SecretInterceptor(security.secret.clone()),
-            ),
+            )
+            .max_decoding_message_size(MAX_NOTIFICATION_BYTES),
             Err(e) => {
                 debug!(endpoint = %up.endpoint, error = %e, "server not reachable");
                 drain_while_down(&up, &mut commands);

@@ -9,6 +9,7 @@ mod conformance;
 mod directory;
 mod faults;
 mod grpc_hop;
+mod large_lists;
 mod limits;
 mod live_updates;
 mod operator;
