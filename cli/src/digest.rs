@@ -1,6 +1,6 @@
 //! The client side of digest sign-in (RFC 3261 §22.4; SHA-256 per RFC 8760): the answer to a
-//! `WWW-Authenticate` challenge of a 401. A copy of the test crate's `auth.rs` (the CLI must
-//! not depend on the test crate), so it is checked against the server's verifier the same way.
+//! `WWW-Authenticate` challenge of a 401. Shared by the CLI and the system tests' client, and
+//! written independently of the server's verifier, so each checks the other.
 
 use anyhow::{Context, Result, bail};
 use md5::Md5;
@@ -9,18 +9,18 @@ use sip::{HeaderName, Response};
 
 /// One digest challenge of a 401.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Challenge {
-    pub(crate) realm: String,
-    pub(crate) nonce: String,
-    pub(crate) opaque: Option<String>,
-    pub(crate) algorithm: String,
-    pub(crate) qop: Option<String>,
-    pub(crate) stale: bool,
+pub struct Challenge {
+    pub realm: String,
+    pub nonce: String,
+    pub opaque: Option<String>,
+    pub algorithm: String,
+    pub qop: Option<String>,
+    pub stale: bool,
 }
 
 impl Challenge {
     /// Parses `Digest realm="…", nonce="…", …` (test-grade: no escaped quotes expected).
-    pub(crate) fn parse(value: &str) -> Result<Challenge> {
+    pub fn parse(value: &str) -> Result<Challenge> {
         let rest = value
             .trim()
             .strip_prefix("Digest ")
@@ -53,7 +53,7 @@ impl Challenge {
     }
 
     /// Every digest challenge of a response, in header order.
-    pub(crate) fn all(resp: &Response) -> Result<Vec<Challenge>> {
+    pub fn all(resp: &Response) -> Result<Vec<Challenge>> {
         resp.headers
             .iter()
             .filter(|(n, _)| **n == HeaderName::WWW_AUTHENTICATE)
@@ -93,17 +93,17 @@ fn hash(algorithm: &str, data: &str) -> String {
 
 /// Everything that goes into one digest response.
 #[derive(Debug, Clone)]
-pub(crate) struct DigestInput<'a> {
-    pub(crate) username: &'a str,
-    pub(crate) password: &'a str,
-    pub(crate) method: &'a str,
-    pub(crate) uri: &'a str,
-    pub(crate) nc: u32,
-    pub(crate) cnonce: &'a str,
+pub struct DigestInput<'a> {
+    pub username: &'a str,
+    pub password: &'a str,
+    pub method: &'a str,
+    pub uri: &'a str,
+    pub nc: u32,
+    pub cnonce: &'a str,
 }
 
 /// The `Authorization` value answering `challenge` (qop=auth).
-pub(crate) fn authorization(challenge: &Challenge, input: &DigestInput<'_>) -> String {
+pub fn authorization(challenge: &Challenge, input: &DigestInput<'_>) -> String {
     let alg = &challenge.algorithm;
     let ha1 = hash(
         alg,

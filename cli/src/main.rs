@@ -10,8 +10,10 @@
 //!
 //! It depends on `sip` and `document`, never on the test crate.
 
+// No unwrap/expect on data from the network, the database or config (tests may: clippy.toml).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 mod admin;
-mod digest;
 mod sip_client;
 mod view;
 

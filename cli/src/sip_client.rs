@@ -2,9 +2,9 @@
 //! speaks it: Contact in `.invalid`, one SIP message per WebSocket message. It signs in with
 //! a digest answer to the 401 or an unprompted bearer token (RFC 8898 §2.2).
 
-use crate::digest::{Challenge, DigestInput, authorization};
 use crate::{AuthFailed, Unreachable};
 use anyhow::{Context as _, Result, anyhow, bail};
+use conflist_cli::digest::{Challenge, DigestInput, authorization};
 use futures_util::{SinkExt as _, StreamExt as _};
 use sip::{HeaderName, Message, Request, Response, StatusCode};
 use std::time::Duration;

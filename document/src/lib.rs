@@ -22,6 +22,9 @@
 //! - `diff`: [`diff`], [`apply`] and [`prefer_full`].
 //! - `conference-list.xsd` (crate directory): the XML Schema, as [`XSD`].
 
+// No unwrap/expect on data from the network, the database or config (tests may: clippy.toml).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 mod diff;
 mod model;
 mod parse;

@@ -1,6 +1,7 @@
 //! Command line and environment configuration (every flag has a `CONFLIST_…` variable).
 
 use clap::Parser;
+use conflist_service::settings::{MAX_COUNT, MAX_DURATION, check_range};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -303,11 +304,6 @@ impl Config {
     }
 }
 
-/// The longest any duration setting may be (one year): deadlines are `Instant + d`, and
-/// nothing here waits longer; larger values are refused at startup, not overflowed later.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
-/// The largest count any "most …" setting may be.
-pub const MAX_COUNT: usize = 10_000_000;
 /// The largest `--max-message-size`.
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
@@ -388,63 +384,10 @@ impl Config {
     }
 }
 
-/// A duration or size setting, printable in its flag's own syntax.
-pub trait Setting: PartialOrd + Copy {
-    /// The value as an operator would write it.
-    fn show(self) -> String;
-}
-
-impl Setting for Duration {
-    fn show(self) -> String {
-        humantime::format_duration(self).to_string()
-    }
-}
-
-impl Setting for usize {
-    fn show(self) -> String {
-        self.to_string()
-    }
-}
-
-impl Setting for u32 {
-    fn show(self) -> String {
-        self.to_string()
-    }
-}
-
-/// The one range check of every duration and size setting: `min <= value <= max`, else the
-/// one-line startup error (exit 64) naming `flag`.
-pub fn check_range<T: Setting>(flag: &str, value: T, min: T, max: T) -> Result<(), String> {
-    if value < min || value > max {
-        return Err(format!(
-            "{flag} must be between {} and {} (got {})",
-            min.show(),
-            max.show(),
-            value.show()
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod range_tests {
     use super::*;
     use clap::CommandFactory;
-
-    #[test]
-    fn check_range_is_inclusive_and_names_the_flag() {
-        let s = Duration::from_secs;
-        assert!(check_range("--x", s(1), s(1), s(2)).is_ok());
-        assert!(check_range("--x", s(2), s(1), s(2)).is_ok());
-        assert_eq!(
-            check_range("--x", s(3), s(1), s(2)).unwrap_err(),
-            "--x must be between 1s and 2s (got 3s)"
-        );
-        assert_eq!(
-            check_range("--n", 0usize, 1, 5).unwrap_err(),
-            "--n must be between 1 and 5 (got 0)"
-        );
-    }
 
     #[test]
     fn defaults_are_within_range() {

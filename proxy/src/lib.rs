@@ -16,6 +16,9 @@
 //! - [`metrics`]: the counters and gauges behind `/metrics` (served by `conflist-service`).
 //! - [`web`]: the web page served to plain `GET`s on the WebSocket port (`--web-page`).
 
+// No unwrap/expect on data from the network, the database or config (tests may: clippy.toml).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod config;
 pub mod dialog;
 pub mod metrics;
@@ -224,10 +227,10 @@ fn upstream_security(config: &Config) -> anyhow::Result<upstream::Security> {
     let secret = match &config.grpc_secret_file {
         None => None,
         Some(path) => {
-            let raw = String::from_utf8(read(path)?)
+            let raw = conflist_service::settings::read_secret("--grpc-secret-file", path)
+                .map_err(anyhow::Error::msg)?;
+            let secret = String::from_utf8(raw)
                 .with_context(|| format!("{} is not UTF-8", path.display()))?;
-            let secret = raw.trim_end_matches(['\r', '\n']);
-            anyhow::ensure!(!secret.is_empty(), "{} is empty", path.display());
             Some(format!("Bearer {secret}").parse().with_context(|| {
                 format!(
                     "{} holds characters not allowed in metadata",

@@ -1,5 +1,8 @@
 //! `conflist-proxy`: parse config, set up logging, serve until SIGINT/SIGTERM.
 
+// No unwrap/expect on data from the network, the database or config (tests may: clippy.toml).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 use clap::Parser;
 use conflist_proxy::Config;
 use std::process::ExitCode;

@@ -1,6 +1,11 @@
 //! Process plumbing shared by `conflist-proxy` and `conflist-server`: logging setup, the
 //! shutdown signal, and the admin HTTP endpoint. Nothing here knows SIP, gRPC or SQL.
 
+// No unwrap/expect on data from the network, the database or config (tests may: clippy.toml).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod settings;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};

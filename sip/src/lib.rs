@@ -24,6 +24,9 @@
 //! * [`validate`] — [`check_request`]: the RFC 3261 §8.2 / §16.3 sanity checks before acting.
 //! * `error` — [`ParseError`], whose `Display` is a client-safe 400 reason phrase.
 
+// No unwrap/expect on data from the network, the database or config (tests may: clippy.toml).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 mod error;
 pub mod framing;
 pub mod header;

@@ -185,7 +185,25 @@ pub fn router(hub: Arc<Hub>, token: Option<Vec<u8>>) -> Router {
         .route("/admin/subscriptions", get(subscriptions))
         .route("/admin/counts", get(counts))
         .route("/admin/resend", post(resend))
+        // One check for every route: no token, no answer.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
         .with_state(state)
+}
+
+/// Answers 401 unless the request carries the admin token.
+async fn require_token(
+    State(state): State<AdminState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if authorized(&state, request.headers()) {
+        next.run(request).await
+    } else {
+        unauthorized()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -232,14 +250,7 @@ fn unauthorized() -> Response {
     response
 }
 
-async fn subscriptions(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-    Query(q): Query<UserQuery>,
-) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
+async fn subscriptions(State(state): State<AdminState>, Query(q): Query<UserQuery>) -> Response {
     let (subs, missing) = state.hub.subscriptions(q.user.as_deref()).await;
     json(
         StatusCode::OK,
@@ -250,10 +261,7 @@ async fn subscriptions(
     )
 }
 
-async fn counts(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
+async fn counts(State(state): State<AdminState>) -> Response {
     let sessions = state.hub.sessions();
     let (subs, missing) = state.hub.subscriptions(None).await;
     let users: BTreeSet<&str> = subs.iter().map(|s| s.user.as_str()).collect();
@@ -268,23 +276,12 @@ async fn counts(State(state): State<AdminState>, headers: HeaderMap) -> Response
     )
 }
 
-async fn resend(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-    Query(q): Query<UserQuery>,
-) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
+async fn resend(State(state): State<AdminState>, Query(q): Query<UserQuery>) -> Response {
     let Some(user) = q.user.filter(|u| !u.is_empty()) else {
-        return (
+        return json(
             StatusCode::BAD_REQUEST,
-            json(
-                StatusCode::OK,
-                &serde_json::json!({ "error": "user=sip:… is required" }),
-            ),
-        )
-            .into_response();
+            &serde_json::json!({ "error": "user=sip:… is required" }),
+        );
     };
     let (resent, missing) = state.hub.resend(&user).await;
     json(

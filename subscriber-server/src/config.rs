@@ -2,8 +2,9 @@
 
 use crate::auth::{self, AuthConfig, bearer, digest::Algorithm};
 use clap::{Parser, Subcommand, ValueEnum};
+use conflist_service::settings::{MAX_COUNT, MAX_DURATION, check_range, read_file, read_secret};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
@@ -502,28 +503,6 @@ pub fn password_from_input(input: &[u8]) -> Result<String, String> {
     Ok(line.to_owned())
 }
 
-/// Reads `path` for `flag`.
-fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
-}
-
-/// Reads a secret: trailing newlines trimmed, empty refused.
-fn read_secret(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
-    let mut bytes = read_file(flag, path)?;
-    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        bytes.pop();
-    }
-    if bytes.is_empty() {
-        return Err(format!("{flag} {}: the file is empty", path.display()));
-    }
-    Ok(bytes)
-}
-
-/// The longest any duration setting may be (one year): deadlines are `Instant + d`, and
-/// nothing here waits longer; larger values are refused at startup, not overflowed later.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
-/// The largest count any "most …" setting may be.
-pub const MAX_COUNT: usize = 10_000_000;
 /// The longest subscription any expiry setting may grant, seconds (one year).
 pub const MAX_EXPIRES: u32 = 365 * 24 * 3600;
 
@@ -593,63 +572,10 @@ impl Config {
     }
 }
 
-/// A duration or size setting, printable in its flag's own syntax.
-pub trait Setting: PartialOrd + Copy {
-    /// The value as an operator would write it.
-    fn show(self) -> String;
-}
-
-impl Setting for Duration {
-    fn show(self) -> String {
-        humantime::format_duration(self).to_string()
-    }
-}
-
-impl Setting for usize {
-    fn show(self) -> String {
-        self.to_string()
-    }
-}
-
-impl Setting for u32 {
-    fn show(self) -> String {
-        self.to_string()
-    }
-}
-
-/// The one range check of every duration and size setting: `min <= value <= max`, else the
-/// one-line startup error (exit 64) naming `flag`.
-pub fn check_range<T: Setting>(flag: &str, value: T, min: T, max: T) -> Result<(), String> {
-    if value < min || value > max {
-        return Err(format!(
-            "{flag} must be between {} and {} (got {})",
-            min.show(),
-            max.show(),
-            value.show()
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod range_tests {
     use super::*;
     use clap::CommandFactory;
-
-    #[test]
-    fn check_range_is_inclusive_and_names_the_flag() {
-        let s = Duration::from_secs;
-        assert!(check_range("--x", s(1), s(1), s(2)).is_ok());
-        assert!(check_range("--x", s(2), s(1), s(2)).is_ok());
-        assert_eq!(
-            check_range("--x", s(3), s(1), s(2)).unwrap_err(),
-            "--x must be between 1s and 2s (got 3s)"
-        );
-        assert_eq!(
-            check_range("--n", 7u32, 1, 5).unwrap_err(),
-            "--n must be between 1 and 5 (got 7)"
-        );
-    }
 
     #[test]
     fn defaults_are_within_range() {

@@ -17,6 +17,9 @@
 //! - [`admin`]: the JSON admin API (`/admin/…`, behind `--admin-token-file`).
 //! - [`metrics`]: the counters and gauges behind `/metrics` (served by `conflist-service`).
 
+// No unwrap/expect on data from the network, the database or config (tests may: clippy.toml).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod admin;
 pub mod api;
 pub mod auth;

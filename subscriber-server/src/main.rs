@@ -1,6 +1,9 @@
 //! `conflist-server`: parse config, set up logging, read secrets, serve until SIGINT/SIGTERM
 //! (or run a one-off `db`, `user` or `token` command).
 
+// No unwrap/expect on data from the network, the database or config (tests may: clippy.toml).
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
 use clap::Parser;
 use conflist_server::{Config, config::Command};
 use std::process::ExitCode;
