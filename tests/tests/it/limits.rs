@@ -186,10 +186,16 @@ async fn ten_thousand_dialogs_with_60kb_of_record_route_store_nothing() {
         "refusals are counted:\n{metrics}"
     );
     let after = rss_kib(pid);
-    eprintln!(
-        "proxy RSS before {before} KiB, after {count} SUBSCRIBEs with {} bytes of Record-Route: {after} KiB",
+    let report = format!(
+        "proxy RSS before {before} KiB, after {count} SUBSCRIBEs with {} bytes of Record-Route: {after} KiB\n",
         rr.len()
     );
+    eprint!("{report}");
+    let out = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("limits-rss.txt");
+    std::fs::write(&out, report).unwrap();
     assert!(
         after < before + 64 * 1024,
         "RSS grew from {before} to {after} KiB"
