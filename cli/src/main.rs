@@ -5,7 +5,7 @@
 //! * `conflist list …` prints the list once (a fetch: SUBSCRIBE with `Expires: 0`);
 //! * `conflist admin subscriptions|counts|resend` calls the server's admin API.
 //!
-//! Layout: [`sip_client`] (SIP over WebSocket), [`digest`] (the digest answer), [`view`]
+//! Layout: [`sip_client`] (SIP over WebSocket), [`conflist_cli::digest`] (the digest answer, in the library), [`view`]
 //! (tables, change lines, JSON), [`admin`] (the admin API's HTTP client).
 //!
 //! It depends on `sip` and `document`, never on the test crate.
