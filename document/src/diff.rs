@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::DocumentError;
-use crate::model::{Conference, ConferenceList, DocumentState, Entry};
+use crate::model::{Conference, ConferenceList, DeleteReason, DocumentState, Entry};
 
 /// Conferences by entity; on duplicates the last one wins.
 fn by_entity(conferences: &[Conference]) -> BTreeMap<&str, &Conference> {
@@ -29,6 +29,7 @@ pub fn diff(entity: &str, version: u64, old: &[Conference], new: &[Conference]) 
             key,
             Entry::Deleted {
                 entity: (*key).to_owned(),
+                reason: Some(DeleteReason::Removed),
             },
         );
     }
@@ -37,6 +38,7 @@ pub fn diff(entity: &str, version: u64, old: &[Conference], new: &[Conference]) 
         version,
         state: DocumentState::Partial,
         entries: entries.into_values().collect(),
+        complete: true,
     }
 }
 
@@ -70,7 +72,7 @@ pub fn apply(
             Entry::Full(c) => {
                 set.insert(&c.entity, c);
             }
-            Entry::Deleted { entity } => {
+            Entry::Deleted { entity, .. } => {
                 set.remove(entity.as_str());
             }
         }

@@ -32,8 +32,8 @@ mod render;
 
 pub use diff::{apply, diff, prefer_full};
 pub use model::{
-    Conference, ConferenceDescription, ConferenceList, DocumentState, Entry, MediaEntry, Schedule,
-    UriEntry,
+    Conference, ConferenceDescription, ConferenceList, DeleteReason, DocumentState, Entry,
+    MediaEntry, Organizer, Response, Schedule, Status, UriEntry,
 };
 
 /// The MIME type of the document, for `Content-Type` and `Accept`.

@@ -15,6 +15,143 @@ pub struct Conference {
     pub schedule: Schedule,
     /// `<role>`: a free token such as `organizer`, `moderator`, `participant`.
     pub role: Option<String>,
+    /// `<response>`: the subscriber's answer to the invitation, beside the role.
+    pub response: Option<Response>,
+    /// `<status>`: the meeting's coarse state.
+    pub status: Option<Status>,
+    /// `<organizer>`: who organises the meeting.
+    pub organizer: Option<Organizer>,
+    /// `<passcode-required>`: whether joining needs a passcode (never the passcode itself).
+    pub passcode_required: Option<bool>,
+    /// The `revision` attribute: the conference's revision or last-modified time, as the
+    /// database gives it (opaque; it changes whenever the conference does).
+    pub revision: Option<String>,
+}
+
+/// `<status>` of a conference: a coarse state that changes a few times per meeting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// `scheduled`: not started yet.
+    Scheduled,
+    /// `active`: taking place now.
+    Active,
+    /// `ended`: over.
+    Ended,
+    /// `cancelled`: will not take place.
+    Cancelled,
+}
+
+impl Status {
+    /// Every status, in document order.
+    pub const ALL: [Status; 4] = [
+        Status::Scheduled,
+        Status::Active,
+        Status::Ended,
+        Status::Cancelled,
+    ];
+
+    /// The token in the document.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Scheduled => "scheduled",
+            Status::Active => "active",
+            Status::Ended => "ended",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// The status a token names (ASCII case-insensitive), if any.
+    pub fn from_token(token: &str) -> Option<Status> {
+        Status::ALL
+            .into_iter()
+            .find(|s| s.as_str().eq_ignore_ascii_case(token.trim()))
+    }
+}
+
+/// `<response>`: the subscriber's answer to the invitation (RFC 5545 PARTSTAT values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Response {
+    /// `needs-action`: not answered.
+    NeedsAction,
+    /// `accepted`.
+    Accepted,
+    /// `declined`.
+    Declined,
+    /// `tentative`.
+    Tentative,
+}
+
+impl Response {
+    /// Every response, in document order.
+    pub const ALL: [Response; 4] = [
+        Response::NeedsAction,
+        Response::Accepted,
+        Response::Declined,
+        Response::Tentative,
+    ];
+
+    /// The token in the document.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Response::NeedsAction => "needs-action",
+            Response::Accepted => "accepted",
+            Response::Declined => "declined",
+            Response::Tentative => "tentative",
+        }
+    }
+
+    /// The response a token names (ASCII case-insensitive; `_` taken as `-`), if any.
+    pub fn from_token(token: &str) -> Option<Response> {
+        let token = token.trim().replace('_', "-");
+        Response::ALL
+            .into_iter()
+            .find(|r| r.as_str().eq_ignore_ascii_case(&token))
+    }
+}
+
+/// `<organizer>`: `<uri>` and an optional `<display-text>`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Organizer {
+    /// `<uri>`.
+    pub uri: String,
+    /// `<display-text>`.
+    pub display_text: Option<String>,
+}
+
+/// The `reason` attribute of a `state="deleted"` conference: why it left the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeleteReason {
+    /// `removed`: the subscriber is no longer a member, or the conference is gone.
+    Removed,
+    /// `cancelled`: the meeting was cancelled (and the server hides cancelled meetings).
+    Cancelled,
+    /// `out-of-window`: it left the time window or count the subscriber asked for.
+    OutOfWindow,
+}
+
+impl DeleteReason {
+    /// Every reason, in document order.
+    pub const ALL: [DeleteReason; 3] = [
+        DeleteReason::Removed,
+        DeleteReason::Cancelled,
+        DeleteReason::OutOfWindow,
+    ];
+
+    /// The token in the document.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeleteReason::Removed => "removed",
+            DeleteReason::Cancelled => "cancelled",
+            DeleteReason::OutOfWindow => "out-of-window",
+        }
+    }
+
+    /// The reason a token names, if any.
+    pub fn from_token(token: &str) -> Option<DeleteReason> {
+        DeleteReason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == token.trim())
+    }
 }
 
 /// `<conference-description>` (RFC 4575 element names).
@@ -64,12 +201,21 @@ pub struct MediaEntry {
 }
 
 /// `<schedule>`: `xs:dateTime` texts such as `2026-11-24T09:00:00Z`, kept as given.
+///
+/// For a recurring meeting `start` and `end` are those of the next occurrence (the one
+/// taking place now, or else the next to begin), computed by the server.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Schedule {
     /// The `start` attribute.
     pub start: Option<String>,
     /// The `end` attribute.
     pub end: Option<String>,
+    /// The `time-zone` attribute: the meeting's IANA time zone (`Europe/Berlin`), in which
+    /// its recurrence is evaluated and its organiser sees its times.
+    pub time_zone: Option<String>,
+    /// The `recurrence` attribute: the RFC 5545 `RRULE` value (`FREQ=WEEKLY;BYDAY=MO`)
+    /// when the meeting recurs.
+    pub recurrence: Option<String>,
 }
 
 /// The `state` attribute of `<conference-list>`.
@@ -94,6 +240,8 @@ pub enum Entry {
     Deleted {
         /// The conference URI.
         entity: String,
+        /// Why it left the list (the `reason` attribute), when known.
+        reason: Option<DeleteReason>,
     },
 }
 
@@ -102,7 +250,7 @@ impl Entry {
     pub fn entity(&self) -> &str {
         match self {
             Entry::Full(c) => &c.entity,
-            Entry::Deleted { entity } => entity,
+            Entry::Deleted { entity, .. } => entity,
         }
     }
 }
@@ -116,8 +264,13 @@ pub struct ConferenceList {
     pub version: u64,
     /// Full or partial.
     pub state: DocumentState,
-    /// The conferences, sorted by entity when built by [`ConferenceList::full`] or [`crate::diff`].
+    /// The conferences, sorted by entity when built by [`ConferenceList::full`] or
+    /// [`crate::diff`]; rendered in this order (a notifier puts the nearest first).
     pub entries: Vec<Entry>,
+    /// False when this document leaves the state incomplete and the next Notification
+    /// continues it (`complete="false"`): a state too large for one NOTIFY goes out as a
+    /// `full` document followed by `partial` ones, the last of which is complete.
+    pub complete: bool,
 }
 
 impl ConferenceList {
@@ -136,6 +289,7 @@ impl ConferenceList {
             version,
             state: DocumentState::Full,
             entries: by_entity.into_values().map(Entry::Full).collect(),
+            complete: true,
         }
     }
 

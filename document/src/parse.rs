@@ -58,6 +58,7 @@ pub(crate) fn parse(xml: &[u8]) -> Result<ConferenceList, DocumentError> {
         version,
         state,
         entries,
+        complete: true,
     })
 }
 
@@ -74,7 +75,10 @@ fn conference(
         }
         "deleted" => {
             p.skip()?;
-            return Ok(Entry::Deleted { entity });
+            return Ok(Entry::Deleted {
+                entity,
+                reason: None,
+            });
         }
         _ => return Err(DocumentError::BadAttribute("state")),
     }
@@ -89,6 +93,7 @@ fn conference(
             c.schedule = Schedule {
                 start: optional(&e.start, "start")?,
                 end: optional(&e.start, "end")?,
+                ..Schedule::default()
             };
             p.skip()?;
         } else if e.is("role") {

@@ -22,7 +22,7 @@ pub(crate) fn render(list: &ConferenceList) -> Vec<u8> {
     for entry in entries {
         match entry {
             Entry::Full(c) => conference(&mut body, c),
-            Entry::Deleted { entity } => {
+            Entry::Deleted { entity, .. } => {
                 body.element(
                     "conference",
                     &[("entity", entity), ("state", "deleted")],

@@ -758,9 +758,11 @@ impl ConferenceRow {
             schedule: Schedule {
                 start: self.starts_at,
                 end: self.ends_at,
+                ..Schedule::default()
             },
             role: non_empty(Some(self.role)),
             entity: self.conference_uri,
+            ..Conference::default()
         }
     }
 }
