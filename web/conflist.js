@@ -9,8 +9,14 @@
 //   * a `state="partial"` document must carry the held version + 1 (a version gap is reported,
 //     the list is left as it was, and the application re-subscribes to get a full document);
 //     its `state="full"` conferences replace or add, its `state="deleted"` ones remove;
-//   * a conference listed twice: the later one wins; the list is kept sorted by entity.
-// Versions are BigInts (the format's versions are unsigned 64-bit).
+//   * a conference listed twice: the later one wins; the list is kept sorted by entity (a
+//     document lists them in the notifier's order, nearest first; use `sortForDisplay`);
+//   * a state too large for one NOTIFY comes as a `state="full"` document with
+//     `complete="false"`, then partials at the following versions that add to it, the last
+//     without `complete`: nothing special to apply, and `ConferenceListState#complete` says
+//     whether the list held is the whole state yet.
+// Versions are BigInts (the format's versions are unsigned 64-bit). Tokens this version does
+// not know in `<status>`, `<response>` and a deletion's `reason` read as `null`.
 //
 // Use with any SIP library: feed every NOTIFY body to `ConferenceListState#apply`.
 
@@ -260,6 +266,44 @@ const elements = (el) => el.children.filter((c) => typeof c === 'object');
 const ownText = (el) => el.children.filter((c) => typeof c === 'string').join('');
 const nonEmpty = (s) => (s === '' ? null : s);
 
+// Rust's `str::trim` (Unicode White_Space), as the crate trims tokens.
+const RUST_WS = '\\t\\n\\v\\f\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000';
+const RUST_TRIM = new RegExp(`^[${RUST_WS}]+|[${RUST_WS}]+$`, 'g');
+const rustTrim = (s) => s.replace(RUST_TRIM, '');
+const asciiLower = (s) => s.replace(/[A-Z]/g, (c) => c.toLowerCase());
+
+/** `<status>` tokens; `<response>` tokens; deletion reasons (model.rs `from_token`). */
+export const STATUSES = ['scheduled', 'active', 'ended', 'cancelled'];
+export const RESPONSES = ['needs-action', 'accepted', 'declined', 'tentative'];
+export const DELETE_REASONS = ['removed', 'cancelled', 'out-of-window'];
+
+/** A status token (trimmed, ASCII case-insensitive), or null when unknown. */
+function statusToken(s) {
+  const t = asciiLower(rustTrim(s));
+  return STATUSES.includes(t) ? t : null;
+}
+
+/** A response token (trimmed, ASCII case-insensitive, `_` read as `-`), or null when unknown. */
+function responseToken(s) {
+  const t = asciiLower(rustTrim(s).replaceAll('_', '-'));
+  return RESPONSES.includes(t) ? t : null;
+}
+
+/** A deletion reason (trimmed, exact), or null when absent or unknown. */
+function reasonToken(s) {
+  if (s === undefined) return null;
+  const t = rustTrim(s);
+  return DELETE_REASONS.includes(t) ? t : null;
+}
+
+/** `xs:boolean` (`true`, `false`, `1`, `0` after whitespace collapsing), or null when invalid. */
+function parseBoolean(s) {
+  const t = s.replace(/^[ \t\r\n]+|[ \t\r\n]+$/g, '');
+  if (t === 'true' || t === '1') return true;
+  if (t === 'false' || t === '0') return false;
+  return null;
+}
+
 function required(el, name) {
   const v = el.attrs.get(name);
   if (v === undefined) throw new DocumentError('missing-attribute', `missing attribute \`${name}\``, { attribute: name });
@@ -319,7 +363,14 @@ function emptyConference(entity) {
     availableMedia: [],
     start: null,
     end: null,
+    timeZone: null,
+    recurrence: null,
     role: null,
+    response: null,
+    status: null,
+    organizer: null,
+    passcodeRequired: null,
+    revision: null,
   };
 }
 
@@ -348,16 +399,26 @@ function description(c, el) {
 }
 
 /**
- * Fields later versions of the format may add (a `status` and a `next-occurrence`), read when
- * present so that the page can show them; absent from the object otherwise.
+ * An element this format does not define: a `next-occurrence` (start, end) is read when present
+ * so that a page can show it (absent from the object otherwise); anything else is ignored. The
+ * format itself gives a recurring meeting's next occurrence as its `schedule`.
  */
 function extension(c, e) {
-  if (e.local === 'status') {
-    const s = nonEmpty(ownText(e).trim());
-    if (s !== null) c.status = s;
-  } else if (e.local === 'next-occurrence') {
+  if (e.local === 'next-occurrence') {
     c.nextOccurrence = { start: e.attrs.get('start') ?? null, end: e.attrs.get('end') ?? null };
   }
+}
+
+/** `<organizer>`: `{ uri, displayText }`; null when its `<uri>` is empty. */
+function organizer(el) {
+  let uri = null;
+  let displayText = null;
+  for (const c of elements(el)) {
+    if (ours(c, 'uri')) uri = ownText(c);
+    else if (ours(c, 'display-text')) displayText = nonEmpty(ownText(c));
+  }
+  if (uri === null) throw new DocumentError('missing-element', 'missing element <uri>', { element: 'uri' });
+  return uri === '' ? null : { uri, displayText };
 }
 
 function conferenceEntry(el, docState) {
@@ -367,25 +428,46 @@ function conferenceEntry(el, docState) {
     if (docState === 'full') {
       throw new DocumentError('deleted-in-full', `conference ${entity} is deleted inside a full document`, { entity });
     }
-    return { entity, deleted: true };
+    return { entity, deleted: true, reason: reasonToken(el.attrs.get('reason')) };
   }
   if (state !== 'full') throw new DocumentError('bad-attribute', 'invalid value of attribute `state`', { attribute: 'state' });
   const c = emptyConference(entity);
+  c.revision = nonEmpty(el.attrs.get('revision') ?? '');
   for (const e of elements(el)) {
     if (!ours(e)) continue;
-    if (e.local === 'conference-description') description(c, e);
-    else if (e.local === 'schedule') {
-      c.start = e.attrs.get('start') ?? null;
-      c.end = e.attrs.get('end') ?? null;
-    } else if (e.local === 'role') c.role = nonEmpty(ownText(e));
-    else extension(c, e);
+    switch (e.local) {
+      case 'conference-description': description(c, e); break;
+      case 'schedule': {
+        const attr = (name) => nonEmpty(e.attrs.get(name) ?? '');
+        c.start = attr('start');
+        c.end = attr('end');
+        c.timeZone = attr('time-zone');
+        c.recurrence = attr('recurrence');
+        break;
+      }
+      case 'role': c.role = nonEmpty(ownText(e)); break;
+      case 'response': c.response = responseToken(ownText(e)); break;
+      case 'status': c.status = statusToken(ownText(e)); break;
+      case 'organizer': c.organizer = organizer(e); break;
+      case 'passcode-required': {
+        const v = parseBoolean(ownText(e));
+        if (v === null) {
+          throw new DocumentError('bad-element', 'invalid content of element <passcode-required>', { element: 'passcode-required' });
+        }
+        c.passcodeRequired = v;
+        break;
+      }
+      default: extension(c, e);
+    }
   }
   return { entity, deleted: false, conference: c };
 }
 
 /**
- * Parses one NOTIFY body: `{ entity, version (BigInt), state: 'full'|'partial', entries }`, each
- * entry `{ entity, deleted: true }` or `{ entity, deleted: false, conference }`, in document order.
+ * Parses one NOTIFY body: `{ entity, version (BigInt), state: 'full'|'partial', complete, entries }`,
+ * each entry `{ entity, deleted: true, reason }` (reason `removed`, `cancelled`, `out-of-window` or
+ * null) or `{ entity, deleted: false, conference }`, in document order. `complete` is false when the
+ * next document continues this one's state (`complete="false"`).
  * Throws `DocumentError`. `options.parser`: a function `(text) → tree` (see `parseXml`) or
  * `'builtin'`; the default is DOMParser where it exists.
  */
@@ -401,8 +483,13 @@ export function parseDocument(xml, { parser } = {}) {
   if (state !== 'full' && state !== 'partial') {
     throw new DocumentError('bad-attribute', 'invalid value of attribute `state`', { attribute: 'state' });
   }
+  let complete = true;
+  if (root.attrs.has('complete')) {
+    complete = parseBoolean(root.attrs.get('complete'));
+    if (complete === null) throw new DocumentError('bad-attribute', 'invalid value of attribute `complete`', { attribute: 'complete' });
+  }
   const entries = elements(root).filter((e) => ours(e, 'conference')).map((e) => conferenceEntry(e, state));
-  return { entity, version, state, entries };
+  return { entity, version, state, complete, entries };
 }
 
 /** Code-point order (= UTF-8 byte order, the Rust crate's order), not UTF-16 order. */
@@ -447,11 +534,14 @@ function sameConference(a, b) {
 /**
  * The list one subscription holds. Feed it every NOTIFY body with `apply(body)`; it never
  * throws for a bad document, it returns what happened:
- *   { kind: 'applied', version, state, changed: [entity…], removed: [entity…], conferences }
+ *   { kind: 'applied', version, state, complete, changed: [entity…], removed: [entity…],
+ *     deleted: [{ entity, reason }…], conferences }
  *   { kind: 'gap', expected, got }  the list is unchanged: re-subscribe (then `reset()`)
  *   { kind: 'error', error }        the body is not a valid document; the list is unchanged
  * `changed` names the conferences added or modified by this document (not the unchanged ones a
- * full document repeats); `removed` the ones it removed.
+ * full document repeats); `removed` the ones it removed; `deleted` the document's deletions in
+ * document order, with why (`removed`, `cancelled`, `out-of-window`, or null). `complete` is
+ * false while a state sent in several NOTIFYs is still arriving (show the list as loading).
  */
 export class ConferenceListState {
   constructor({ parser } = {}) {
@@ -467,6 +557,11 @@ export class ConferenceListState {
     this.version = null;
     /** The subscriber URI of the last document. */
     this.entity = null;
+    /**
+     * Whether `conferences` is the whole state: false before the first document and while a
+     * state sent in several parts (`complete="false"`) is still arriving.
+     */
+    this.complete = false;
   }
 
   apply(body) {
@@ -487,10 +582,12 @@ export class ConferenceListState {
     const after = new Set(next.map((c) => c.entity));
     const changed = next.filter((c) => !before.has(c.entity) || !sameConference(before.get(c.entity), c)).map((c) => c.entity);
     const removed = [...before.keys()].filter((e) => !after.has(e));
+    const deleted = doc.entries.filter((e) => e.deleted).map((e) => ({ entity: e.entity, reason: e.reason }));
     this.conferences = next;
     this.version = doc.version;
     this.entity = doc.entity;
-    return { kind: 'applied', version: doc.version, state: doc.state, changed, removed, conferences: next };
+    this.complete = doc.complete;
+    return { kind: 'applied', version: doc.version, state: doc.state, complete: doc.complete, changed, removed, deleted, conferences: next };
   }
 }
 
@@ -515,8 +612,8 @@ function scheduleStatus(c, now) {
 }
 
 /**
- * The conference's status: the document's own `status` when it has one (`active` shown as
- * `live`), else derived from the schedule (of the next occurrence when there is one): `live`
+ * The conference's status: the document's own `status` when it has one (`scheduled`, `active`
+ * shown as `live`, `ended`, `cancelled`), else derived from the schedule (of the next occurrence when there is one): `live`
  * (now within start..end; no end: from start on), `upcoming`, `ended`, or `null` without a
  * schedule.
  */

@@ -146,7 +146,11 @@ pub(crate) fn notify_json(subscription_state: &str, doc: Option<&ConferenceList>
         .iter()
         .map(|e| match e {
             Entry::Full(c) => conference_json(c),
-            Entry::Deleted { entity } => json!({ "entity": entity, "state": "deleted" }),
+            Entry::Deleted { entity, reason } => json!({
+                "entity": entity,
+                "state": "deleted",
+                "reason": reason.map(|r| r.as_str()),
+            }),
         })
         .collect();
     json!({
@@ -171,8 +175,8 @@ mod tests {
         let mut c = Conference {
             entity: entity.into(),
             description: Default::default(),
-            schedule: Default::default(),
             role: Some("participant".into()),
+            ..Conference::default()
         };
         c.description.subject = Some(subject.into());
         c.schedule.start = Some(start.into());

@@ -5,19 +5,22 @@
 //!
 //! Each sequence is what one subscriber receives: full documents, partial documents that
 //! follow the held version, partials with a version gap, partials with duplicate or unknown
-//! entries, and corrupted bodies. For every step it prints the XML body (rendered by this crate,
-//! sometimes edited) and what a client holds after it, computed with [`ConferenceList::parse`]
-//! and [`apply`]: `applied` (the version and the conferences), `gap` (expected and got) or
-//! `error` (the [`DocumentError`] kind); a client keeps its list on `gap` and `error`.
-//! Versions are JSON strings (they are 64-bit). Output: one JSON object,
+//! entries, states sent in several parts (a full document with `complete="false"`, then
+//! partials, sometimes with a part lost), and corrupted bodies. For every step it prints the
+//! XML body (rendered by this crate, sometimes edited) and what a client holds after it,
+//! computed with [`ConferenceList::parse`] and [`apply`]: `applied` (the version, whether the
+//! state is `complete`, the document's `deleted` entries with their `reason` in document
+//! order, and the conferences), `gap` (expected and got) or `error` (the [`DocumentError`]
+//! kind); a client keeps its list on `gap` and `error`. Versions are JSON strings (they are
+//! 64-bit). Output: one JSON object,
 //! `{"seed":…,"sequences":[{"steps":[{"xml":…,"outcome":{…}}…]}…]}`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 
 use conflist_document::{
-    Conference, ConferenceDescription, ConferenceList, DocumentError, DocumentState, Entry,
-    MediaEntry, Schedule, UriEntry, apply, diff,
+    Conference, ConferenceDescription, ConferenceList, DeleteReason, DocumentError, DocumentState,
+    Entry, MediaEntry, Organizer, Response, Schedule, Status, UriEntry, apply, diff, entry_len,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -105,20 +108,69 @@ fn date_time() -> impl Strategy<Value = String> {
     ]
 }
 
+fn schedule() -> impl Strategy<Value = Schedule> {
+    (
+        proptest::option::of(date_time()),
+        proptest::option::of(date_time()),
+        proptest::option::of(prop_oneof![
+            Just("Europe/Berlin".to_owned()),
+            Just("America/New_York".to_owned()),
+            text()
+        ]),
+        proptest::option::of(prop_oneof![
+            Just("FREQ=WEEKLY;BYDAY=MO".to_owned()),
+            Just("FREQ=DAILY;COUNT=5".to_owned()),
+            text()
+        ]),
+    )
+        .prop_map(|(start, end, time_zone, recurrence)| Schedule {
+            start,
+            end,
+            time_zone,
+            recurrence,
+        })
+}
+
 fn conference() -> impl Strategy<Value = Conference> {
     (
-        entity(),
-        description(),
-        proptest::option::of(date_time()),
-        proptest::option::of(date_time()),
-        proptest::option::of(prop_oneof![Just("organizer".to_owned()), text()]),
+        (
+            entity(),
+            description(),
+            schedule(),
+            proptest::option::of(prop_oneof![Just("organizer".to_owned()), text()]),
+        ),
+        (
+            proptest::option::of(proptest::sample::select(Response::ALL.to_vec())),
+            proptest::option::of(proptest::sample::select(Status::ALL.to_vec())),
+            // An empty URI: the organizer is not rendered.
+            proptest::option::of(
+                (text(), proptest::option::of(text()))
+                    .prop_map(|(uri, display_text)| Organizer { uri, display_text }),
+            ),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(prop_oneof![Just("2026-11-20T08:15:00Z".to_owned()), text()]),
+        ),
     )
-        .prop_map(|(entity, description, start, end, role)| Conference {
-            entity,
-            description,
-            schedule: Schedule { start, end },
-            role,
-        })
+        .prop_map(
+            |(
+                (entity, description, schedule, role),
+                (response, status, organizer, passcode_required, revision),
+            )| Conference {
+                entity,
+                description,
+                schedule,
+                role,
+                response,
+                status,
+                organizer,
+                passcode_required,
+                revision,
+            },
+        )
+}
+
+fn delete_reason() -> impl Strategy<Value = Option<DeleteReason>> {
+    proptest::option::of(proptest::sample::select(DeleteReason::ALL.to_vec()))
 }
 
 fn conferences() -> impl Strategy<Value = Vec<Conference>> {
@@ -142,8 +194,52 @@ struct Client {
     version: Option<u64>,
 }
 
-/// One step's body: a document, sometimes edited into something invalid.
-fn body(runner: &mut TestRunner, client: &Client, server: &mut Vec<Conference>) -> String {
+/// `set` as a notifier sends a state too large for one NOTIFY: a full document with
+/// `complete="false"`, then partials at the following versions adding to it, each at most
+/// `budget` bytes (or one entry), the last complete.
+fn in_parts(user: &str, version: u64, set: Vec<Conference>, budget: usize) -> Vec<ConferenceList> {
+    let whole = ConferenceList::full(user, version, set);
+    let mut parts: Vec<ConferenceList> = Vec::new();
+    let mut size = 0;
+    for e in whole.entries.iter() {
+        let len = entry_len(e);
+        match parts.last_mut() {
+            Some(p) if size + len <= budget || p.entries.is_empty() => {
+                p.entries.push(e.clone());
+                size += len;
+            }
+            _ => {
+                let p = ConferenceList {
+                    entity: user.to_owned(),
+                    version: version.wrapping_add(parts.len() as u64),
+                    state: if parts.is_empty() {
+                        DocumentState::Full
+                    } else {
+                        DocumentState::Partial
+                    },
+                    entries: vec![e.clone()],
+                    complete: false,
+                };
+                size = p.envelope_len() + len;
+                parts.push(p);
+            }
+        }
+    }
+    match parts.last_mut() {
+        Some(last) => last.complete = true,
+        None => parts.push(whole),
+    }
+    parts
+}
+
+/// One step's body: a document, sometimes edited into something invalid. A state sent in
+/// parts queues its later parts in `pending`, sent as the next steps.
+fn body(
+    runner: &mut TestRunner,
+    client: &Client,
+    server: &mut Vec<Conference>,
+    pending: &mut VecDeque<String>,
+) -> String {
     let user = "sip:alice@example.com";
     let next_version = client.version.map_or(0, |v| v.wrapping_add(1));
     let random_version = |runner: &mut TestRunner| {
@@ -158,7 +254,7 @@ fn body(runner: &mut TestRunner, client: &Client, server: &mut Vec<Conference>) 
             ],
         )
     };
-    let kind = draw(runner, 0u8..100);
+    let kind = draw(runner, 0u8..120);
     let doc = match kind {
         // A full document of a new server set.
         0..=14 => {
@@ -210,18 +306,27 @@ fn body(runner: &mut TestRunner, client: &Client, server: &mut Vec<Conference>) 
             .into_iter()
             .map(|(c, deleted)| {
                 if deleted {
-                    Entry::Deleted { entity: c.entity }
+                    Entry::Deleted {
+                        entity: c.entity,
+                        reason: draw(runner, delete_reason()),
+                    }
                 } else {
                     Entry::Full(c)
                 }
             })
             .collect();
-            ConferenceList {
+            let d = ConferenceList {
                 entity: user.to_owned(),
                 version: next_version,
                 state: DocumentState::Partial,
                 entries,
+                complete: draw(runner, 0u8..4) > 0,
+            };
+            if draw(runner, any::<bool>()) {
+                let xml = String::from_utf8(d.render()).expect("rendered documents are UTF-8");
+                return edit(runner, &xml);
             }
+            d
         }
         // A full document with duplicate entities (the later one wins).
         82..=85 => ConferenceList {
@@ -232,13 +337,66 @@ fn body(runner: &mut TestRunner, client: &Client, server: &mut Vec<Conference>) 
                 .into_iter()
                 .map(Entry::Full)
                 .collect(),
+            complete: true,
         },
+        // A new server set in parts, at the next version; sometimes a part is lost or
+        // edited (the ones after it are then gaps, or apply to what the client has).
+        100..=113 => {
+            *server = as_set(draw(runner, proptest::collection::vec(conference(), 0..7)));
+            let budget = draw(runner, 200usize..1500);
+            let mut parts: VecDeque<String> = in_parts(user, next_version, server.clone(), budget)
+                .iter()
+                .map(|p| String::from_utf8(p.render()).expect("rendered documents are UTF-8"))
+                .collect();
+            if parts.len() > 1 {
+                match draw(runner, 0u8..8) {
+                    0 => {
+                        let i = draw(runner, 0..parts.len());
+                        parts.remove(i);
+                    }
+                    1 => {
+                        let i = draw(runner, 0..parts.len());
+                        if let Some(p) = parts.get_mut(i) {
+                            *p = edit(runner, p);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let first = parts.pop_front().unwrap_or_default();
+            pending.extend(parts);
+            return first;
+        }
+        // A partial with reasons as another implementation might write them.
+        114..=119 => {
+            let keep = draw(
+                runner,
+                proptest::collection::vec(any::<bool>(), server.len()),
+            );
+            let next: Vec<Conference> = server
+                .iter()
+                .zip(keep)
+                .filter(|(_, keep)| *keep)
+                .map(|(c, _)| c.clone())
+                .collect();
+            let mut d = diff(user, next_version, &client.held, &next);
+            *server = next;
+            for e in &mut d.entries {
+                if let Entry::Deleted { reason, .. } = e {
+                    *reason = draw(runner, delete_reason());
+                }
+            }
+            let xml = String::from_utf8(d.render()).expect("rendered documents are UTF-8");
+            return edit(runner, &xml);
+        }
         // An edited body.
         _ => {
-            return corrupt(
-                runner,
-                &ConferenceList::full(user, next_version, server.clone()),
-            );
+            let doc = ConferenceList::full(user, next_version, server.clone());
+            if draw(runner, any::<bool>()) {
+                return corrupt(runner, &doc);
+            }
+            let xml = String::from_utf8(doc.render()).expect("rendered documents are UTF-8");
+            return edit(runner, &xml);
         }
     };
     String::from_utf8(doc.render()).expect("rendered documents are UTF-8")
@@ -280,6 +438,43 @@ fn corrupt(runner: &mut TestRunner, doc: &ConferenceList) -> String {
     edits[k]
         .iter()
         .fold(xml, |xml, (from, to)| xml.replacen(from, to, 1))
+}
+
+/// A rendered document with one of its new-format fields written as another implementation
+/// might write it: tokens in other case, padded, or unknown (which parse as absent), booleans
+/// as digits; or one of those fields made invalid.
+fn edit(runner: &mut TestRunner, xml: &str) -> String {
+    let edits: &[(&str, &str)] = &[
+        (r#"reason="removed""#, r#"reason="gone""#),
+        (r#"reason="cancelled""#, r#"reason=" cancelled&#10;""#),
+        (r#"reason="out-of-window""#, r#"reason="OUT-OF-WINDOW""#),
+        ("<status>", "<status>\u{85}"),
+        ("<status>", "<status>re"),
+        ("<status>a", "<status> A"),
+        ("<response>needs-action<", "<response> Needs_Action <"),
+        ("<response>", "<response>x-"),
+        ("<passcode-required>true<", "<passcode-required> 1\t<"),
+        ("<passcode-required>false<", "<passcode-required>0<"),
+        ("<passcode-required>", "<passcode-required>x"),
+        ("<organizer><uri>", r#"<organizer><uri xmlns="urn:other">"#),
+        (
+            "<organizer><uri>",
+            "<organizer><uri></uri><display-text/><uri>",
+        ),
+        ("<schedule ", r#"<schedule time-zone="" "#),
+        (r#"complete="false""#, r#"complete="0""#),
+        (r#"complete="false""#, r#"complete=" false ""#),
+        (r#"complete="false""#, r#"complete="no""#),
+        ("<conference-list ", r#"<conference-list complete="1" "#),
+        ("<conference-list ", r#"<conference-list complete="0" "#),
+        ("<conference-list ", r#"<conference-list complete="yes" "#),
+    ];
+    let (from, to) = edits[draw(runner, 0..edits.len())];
+    if from == "<conference-list " && xml.contains(r#" complete=""#) {
+        // A duplicate attribute: parsers may or may not notice before the value.
+        return xml.to_owned();
+    }
+    xml.replacen(from, to, 1)
 }
 
 fn error_kind(e: &DocumentError) -> &'static str {
@@ -384,8 +579,35 @@ fn json_conference(out: &mut String, c: &Conference) {
     json_opt(out, c.schedule.start.as_deref());
     out.push_str(",\"end\":");
     json_opt(out, c.schedule.end.as_deref());
+    out.push_str(",\"timeZone\":");
+    json_opt(out, c.schedule.time_zone.as_deref());
+    out.push_str(",\"recurrence\":");
+    json_opt(out, c.schedule.recurrence.as_deref());
     out.push_str(",\"role\":");
     json_opt(out, c.role.as_deref());
+    out.push_str(",\"response\":");
+    json_opt(out, c.response.map(Response::as_str));
+    out.push_str(",\"status\":");
+    json_opt(out, c.status.map(Status::as_str));
+    out.push_str(",\"organizer\":");
+    match &c.organizer {
+        Some(o) => {
+            out.push_str("{\"uri\":");
+            json_str(out, &o.uri);
+            out.push_str(",\"displayText\":");
+            json_opt(out, o.display_text.as_deref());
+            out.push('}');
+        }
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"passcodeRequired\":");
+    out.push_str(match c.passcode_required {
+        Some(true) => "true",
+        Some(false) => "false",
+        None => "null",
+    });
+    out.push_str(",\"revision\":");
+    json_opt(out, c.revision.as_deref());
     out.push('}');
 }
 
@@ -397,9 +619,24 @@ fn step(out: &mut String, client: &mut Client, xml: &str) {
         Ok((doc, held)) => {
             let _ = write!(
                 out,
-                "{{\"kind\":\"applied\",\"version\":\"{}\",\"conferences\":[",
-                doc.version
+                "{{\"kind\":\"applied\",\"version\":\"{}\",\"complete\":{},\"deleted\":[",
+                doc.version, doc.complete
             );
+            let deleted = doc.entries.iter().filter_map(|e| match e {
+                Entry::Deleted { entity, reason } => Some((entity, reason)),
+                Entry::Full(_) => None,
+            });
+            for (i, (entity, reason)) in deleted.enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"entity\":");
+                json_str(out, entity);
+                out.push_str(",\"reason\":");
+                json_opt(out, reason.map(DeleteReason::as_str));
+                out.push('}');
+            }
+            out.push_str("],\"conferences\":[");
             for (i, c) in held.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
@@ -452,11 +689,15 @@ fn main() {
             version: None,
         };
         let mut server = Vec::new();
+        let mut pending = VecDeque::new();
         for i in 0..STEPS {
             if i > 0 {
                 out.push(',');
             }
-            let xml = body(&mut runner, &client, &mut server);
+            let xml = match pending.pop_front() {
+                Some(xml) => xml,
+                None => body(&mut runner, &client, &mut server, &mut pending),
+            };
             out.push_str("{\"xml\":");
             json_str(&mut out, &xml);
             out.push_str(",\"outcome\":");

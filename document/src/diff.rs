@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::DocumentError;
 use crate::model::{Conference, ConferenceList, DeleteReason, DocumentState, Entry};
+use crate::{DocumentError, entry_len};
 
 /// Conferences by entity; on duplicates the last one wins.
 fn by_entity(conferences: &[Conference]) -> BTreeMap<&str, &Conference> {
@@ -13,8 +13,10 @@ fn by_entity(conferences: &[Conference]) -> BTreeMap<&str, &Conference> {
 
 /// The partial document that takes a client from `old` to `new` (both the complete
 /// lists of conferences of the subscriber, any order): changed or added conferences
-/// as [`Entry::Full`], removed ones as [`Entry::Deleted`], sorted by entity.
-/// Empty entries when nothing changed.
+/// as [`Entry::Full`], removed ones as [`Entry::Deleted`] with reason
+/// [`DeleteReason::Removed`] (a caller that knows better may change it), sorted by
+/// entity (a notifier may reorder them: they are rendered in list order). Empty entries
+/// when nothing changed; the document is complete.
 pub fn diff(entity: &str, version: u64, old: &[Conference], new: &[Conference]) -> ConferenceList {
     let old = by_entity(old);
     let new = by_entity(new);
@@ -44,10 +46,15 @@ pub fn diff(entity: &str, version: u64, old: &[Conference], new: &[Conference]) 
 
 /// Applies `doc` to the conference set a client holds: a full document replaces it;
 /// a partial one replaces/adds its full entries and removes its deleted ones.
-/// Returns the new set sorted by entity.
+/// Returns the new set sorted by entity, whatever the order of the entries.
 ///
 /// A partial document must carry `held_version + 1` when `held_version` is known,
 /// else [`DocumentError::VersionGap`]; a full document is accepted at any version.
+///
+/// A state sent in several parts ([`ConferenceList::complete`] false: a full document,
+/// then partials at consecutive versions, the last one complete) needs nothing more:
+/// applied in order they give the whole list, and a lost part is a version gap. The
+/// caller keeps `doc.complete` to know whether the set it holds is the whole state.
 pub fn apply(
     held: &[Conference],
     held_version: Option<u64>,
@@ -83,5 +90,10 @@ pub fn apply(
 /// True when the partial document is not smaller than the full one (the notifier
 /// then sends the full one); compares rendered byte lengths.
 pub fn prefer_full(partial: &ConferenceList, full: &ConferenceList) -> bool {
-    partial.render().len() >= full.render().len()
+    rendered_len(partial) >= rendered_len(full)
+}
+
+/// `doc.render().len()`, from the size API.
+fn rendered_len(doc: &ConferenceList) -> usize {
+    doc.envelope_len() + doc.entries.iter().map(entry_len).sum::<usize>()
 }

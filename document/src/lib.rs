@@ -13,11 +13,14 @@
 //! Text that XML 1.0 cannot carry (control characters such as U+0000, and
 //! U+FFFE / U+FFFF) is replaced with U+FFFD at render time, so a rendered
 //! document is always well-formed. Empty optional strings are rendered as
-//! absent and parse back as `None`.
+//! absent and parse back as `None`. Tokens this version does not know in
+//! `<status>`, `<response>` and a deleted conference's `reason` parse as `None`,
+//! so that a newer server may add some.
 //!
 //! Layout:
 //! - `model`: the data types ([`ConferenceList`], [`Conference`], [`Entry`], …).
-//! - `render`: [`ConferenceList::render`], compact canonical XML.
+//! - `render`: [`ConferenceList::render`], compact canonical XML, entries in list order;
+//!   [`entry_len`] and [`ConferenceList::envelope_len`], its exact size, to split a state.
 //! - `parse`: [`ConferenceList::parse`], namespace-aware, forward compatible.
 //! - `diff`: [`diff`], [`apply`] and [`prefer_full`].
 //! - `conference-list.xsd` (crate directory): the XML Schema, as [`XSD`].
@@ -35,6 +38,7 @@ pub use model::{
     Conference, ConferenceDescription, ConferenceList, DeleteReason, DocumentState, Entry,
     MediaEntry, Organizer, Response, Schedule, Status, UriEntry,
 };
+pub use render::{conference_len, entry_len};
 
 /// The MIME type of the document, for `Content-Type` and `Accept`.
 pub const CONTENT_TYPE: &str = "application/conference-list+xml";

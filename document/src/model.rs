@@ -11,7 +11,7 @@ pub struct Conference {
     pub entity: String,
     /// `<conference-description>`.
     pub description: ConferenceDescription,
-    /// `<schedule start=".." end=".."/>`.
+    /// `<schedule start=".." end=".." time-zone=".." recurrence=".."/>`.
     pub schedule: Schedule,
     /// `<role>`: a free token such as `organizer`, `moderator`, `participant`.
     pub role: Option<String>,
@@ -268,8 +268,12 @@ pub struct ConferenceList {
     /// [`crate::diff`]; rendered in this order (a notifier puts the nearest first).
     pub entries: Vec<Entry>,
     /// False when this document leaves the state incomplete and the next Notification
-    /// continues it (`complete="false"`): a state too large for one NOTIFY goes out as a
-    /// `full` document followed by `partial` ones, the last of which is complete.
+    /// continues it (`complete="false"` on the root; absent means true): a state too large
+    /// for one NOTIFY goes out as a `full` document with `complete="false"`, followed by
+    /// `partial` documents at consecutive versions that add to it, the last of which has
+    /// no `complete` attribute. [`crate::apply`] needs nothing special for this (the full
+    /// document replaces, the partials add); a client shows the list as still loading
+    /// while the document it applied last is not complete.
     pub complete: bool,
 }
 
@@ -293,9 +297,17 @@ impl ConferenceList {
         }
     }
 
-    /// Canonical XML bytes (UTF-8).
+    /// Canonical XML bytes (UTF-8), entries in the order of [`ConferenceList::entries`].
     pub fn render(&self) -> Vec<u8> {
         crate::render::render(self)
+    }
+
+    /// The bytes of this document rendered without its entries: the declaration and the
+    /// root element's start and end tags (with `complete` as currently set). Exact:
+    /// `self.render().len() == self.envelope_len() + self.entries.iter().map(entry_len).sum()`
+    /// (see [`crate::entry_len`]).
+    pub fn envelope_len(&self) -> usize {
+        crate::render::envelope_len(self)
     }
 
     /// Parses a document (namespace-aware). Unknown elements are ignored (forward compatibility).

@@ -9,8 +9,8 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::{Namespace, ResolveResult};
 
 use crate::model::{
-    Conference, ConferenceDescription, ConferenceList, DocumentState, Entry, MediaEntry, Schedule,
-    UriEntry,
+    Conference, ConferenceDescription, ConferenceList, DeleteReason, DocumentState, Entry,
+    MediaEntry, Organizer, Response, Schedule, Status, UriEntry,
 };
 use crate::{DocumentError, NAMESPACE};
 
@@ -37,6 +37,10 @@ pub(crate) fn parse(xml: &[u8]) -> Result<ConferenceList, DocumentError> {
         "partial" => DocumentState::Partial,
         _ => return Err(DocumentError::BadAttribute("state")),
     };
+    let complete = match optional(&root.start, "complete")? {
+        None => true,
+        Some(v) => parse_bool(&v).ok_or(DocumentError::BadAttribute("complete"))?,
+    };
     let mut entries = Vec::new();
     p.children(|p, e| {
         if e.is("conference") {
@@ -58,7 +62,7 @@ pub(crate) fn parse(xml: &[u8]) -> Result<ConferenceList, DocumentError> {
         version,
         state,
         entries,
-        complete: true,
+        complete,
     })
 }
 
@@ -74,36 +78,62 @@ fn conference(
             return Err(DocumentError::DeletedInFull(entity));
         }
         "deleted" => {
+            let reason = optional(start, "reason")?.and_then(|r| DeleteReason::from_token(&r));
             p.skip()?;
-            return Ok(Entry::Deleted {
-                entity,
-                reason: None,
-            });
+            return Ok(Entry::Deleted { entity, reason });
         }
         _ => return Err(DocumentError::BadAttribute("state")),
     }
     let mut c = Conference {
         entity,
+        revision: optional(start, "revision")?.and_then(non_empty),
         ..Conference::default()
     };
     p.children(|p, e| {
         if e.is("conference-description") {
             c.description = description(p)?;
         } else if e.is("schedule") {
+            let attr = |name| Ok(optional(&e.start, name)?.and_then(non_empty));
             c.schedule = Schedule {
-                start: optional(&e.start, "start")?,
-                end: optional(&e.start, "end")?,
-                ..Schedule::default()
+                start: attr("start")?,
+                end: attr("end")?,
+                time_zone: attr("time-zone")?,
+                recurrence: attr("recurrence")?,
             };
             p.skip()?;
         } else if e.is("role") {
             c.role = non_empty(p.text()?);
+        } else if e.is("response") {
+            c.response = Response::from_token(&p.text()?);
+        } else if e.is("status") {
+            c.status = Status::from_token(&p.text()?);
+        } else if e.is("organizer") {
+            c.organizer = organizer(p)?;
+        } else if e.is("passcode-required") {
+            let v = parse_bool(&p.text()?).ok_or(DocumentError::BadElement("passcode-required"))?;
+            c.passcode_required = Some(v);
         } else {
             p.skip()?;
         }
         Ok(())
     })?;
     Ok(Entry::Full(c))
+}
+
+/// `<organizer>`: `<uri>` is required; an empty one makes the organizer absent.
+fn organizer(p: &mut Parser<'_>) -> Result<Option<Organizer>, DocumentError> {
+    let mut uri = None;
+    let mut display_text = None;
+    p.children(|p, e| {
+        match e.local() {
+            Some("uri") => uri = Some(p.text()?),
+            Some("display-text") => display_text = non_empty(p.text()?),
+            _ => p.skip()?,
+        }
+        Ok(())
+    })?;
+    let uri = uri.ok_or(DocumentError::MissingElement("uri"))?;
+    Ok((!uri.is_empty()).then_some(Organizer { uri, display_text }))
 }
 
 fn description(p: &mut Parser<'_>) -> Result<ConferenceDescription, DocumentError> {
@@ -201,6 +231,15 @@ fn parse_u64(s: &str) -> Option<u64> {
         return None;
     }
     s.parse().ok()
+}
+
+/// `xs:boolean`: `true`, `false`, `1` or `0`, after whitespace collapsing.
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim_matches([' ', '\t', '\r', '\n']) {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
 }
 
 /// The value of the unprefixed attribute `name`, unescaped and normalized.

@@ -1,62 +1,133 @@
 //! Rendering: compact canonical XML, declaration first, no whitespace between elements.
+//!
+//! A document is its envelope (the declaration and the root element's start and end tags,
+//! [`ConferenceList::envelope_len`]) around its entries, each rendered on its own
+//! ([`entry_len`]); the root is never self-closing, so a document's length is exactly the sum.
 
 use crate::NAMESPACE;
 use crate::model::{
-    Conference, ConferenceDescription, ConferenceList, DocumentState, Entry, MediaEntry, UriEntry,
+    Conference, ConferenceDescription, ConferenceList, DocumentState, Entry, MediaEntry, Organizer,
+    Schedule, UriEntry,
 };
 
-/// Renders `list`; entries are written sorted by entity as written (stable), so that a
-/// parsed document renders to the same bytes again even when an entity held characters
-/// XML cannot carry (they are written as U+FFFD, and sorted as such).
+const DECLARATION: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
+const ROOT_END: &str = "</conference-list>";
+
+/// Renders `list`, entries in the order of `list.entries`.
 pub(crate) fn render(list: &ConferenceList) -> Vec<u8> {
+    let mut w = Writer(String::from(DECLARATION));
+    root_start(&mut w, list);
+    for e in &list.entries {
+        entry(&mut w, e);
+    }
+    w.0.push_str(ROOT_END);
+    w.0.into_bytes()
+}
+
+/// The number of bytes `entry` adds to a rendered document (wherever it stands in it).
+///
+/// With [`ConferenceList::envelope_len`], exact: a document renders to
+/// `envelope_len() + Σ entry_len(e)` bytes, so a notifier can split a state that is too
+/// large for one NOTIFY without rendering it whole.
+pub fn entry_len(e: &Entry) -> usize {
     let mut w = Writer::default();
-    w.0.push_str(r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+    entry(&mut w, e);
+    w.0.len()
+}
+
+/// [`entry_len`] of `Entry::Full(c)`, without owning `c`.
+pub fn conference_len(c: &Conference) -> usize {
+    let mut w = Writer::default();
+    conference(&mut w, c);
+    w.0.len()
+}
+
+/// The bytes of `list` rendered without its entries: declaration and root start and end tags.
+pub(crate) fn envelope_len(list: &ConferenceList) -> usize {
+    let mut w = Writer::default();
+    root_start(&mut w, list);
+    DECLARATION.len() + w.0.len() + ROOT_END.len()
+}
+
+/// `<conference-list …>`; `complete` is written only when false (absent means true).
+fn root_start(w: &mut Writer, list: &ConferenceList) {
     let state = match list.state {
         DocumentState::Full => "full",
         DocumentState::Partial => "partial",
     };
     let version = list.version.to_string();
-    let mut entries: Vec<&Entry> = list.entries.iter().collect();
-    entries.sort_by_cached_key(|e| as_written(e.entity()));
-    let mut body = Writer::default();
-    for entry in entries {
-        match entry {
-            Entry::Full(c) => conference(&mut body, c),
-            Entry::Deleted { entity, .. } => {
-                body.element(
-                    "conference",
-                    &[("entity", entity), ("state", "deleted")],
-                    "",
-                );
-            }
-        }
-    }
-    let attrs = [
+    let mut attrs = vec![
         ("xmlns", NAMESPACE),
         ("entity", list.entity.as_str()),
         ("version", version.as_str()),
         ("state", state),
     ];
-    w.element("conference-list", &attrs, &body.0);
-    w.0.into_bytes()
+    if !list.complete {
+        attrs.push(("complete", "false"));
+    }
+    w.start_tag("conference-list", &attrs);
+}
+
+fn entry(w: &mut Writer, e: &Entry) {
+    match e {
+        Entry::Full(c) => conference(w, c),
+        Entry::Deleted { entity, reason } => {
+            let mut attrs = vec![("entity", entity.as_str()), ("state", "deleted")];
+            if let Some(reason) = reason {
+                attrs.push(("reason", reason.as_str()));
+            }
+            w.element("conference", &attrs, "");
+        }
+    }
 }
 
 fn conference(w: &mut Writer, c: &Conference) {
     let mut body = Writer::default();
     body.element("conference-description", &[], &description(&c.description));
-    let times: Vec<(&str, &str)> = [("start", &c.schedule.start), ("end", &c.schedule.end)]
-        .into_iter()
-        .filter_map(|(name, v)| v.as_deref().filter(|v| !v.is_empty()).map(|v| (name, v)))
-        .collect();
-    if !times.is_empty() {
-        body.element("schedule", &times, "");
-    }
+    schedule(&mut body, &c.schedule);
     body.opt_text("role", c.role.as_deref());
-    w.element(
-        "conference",
-        &[("entity", &c.entity), ("state", "full")],
-        &body.0,
+    body.opt_text("response", c.response.map(|r| r.as_str()));
+    body.opt_text("status", c.status.map(|s| s.as_str()));
+    if let Some(o) = &c.organizer {
+        organizer(&mut body, o);
+    }
+    body.opt_text(
+        "passcode-required",
+        c.passcode_required
+            .map(|p| if p { "true" } else { "false" }),
     );
+    let mut attrs = vec![("entity", c.entity.as_str()), ("state", "full")];
+    if let Some(revision) = c.revision.as_deref().filter(|r| !r.is_empty()) {
+        attrs.push(("revision", revision));
+    }
+    w.element("conference", &attrs, &body.0);
+}
+
+/// `<schedule …/>` with its non-empty attributes; nothing when there are none.
+fn schedule(w: &mut Writer, s: &Schedule) {
+    let attrs: Vec<(&str, &str)> = [
+        ("start", &s.start),
+        ("end", &s.end),
+        ("time-zone", &s.time_zone),
+        ("recurrence", &s.recurrence),
+    ]
+    .into_iter()
+    .filter_map(|(name, v)| v.as_deref().filter(|v| !v.is_empty()).map(|v| (name, v)))
+    .collect();
+    if !attrs.is_empty() {
+        w.element("schedule", &attrs, "");
+    }
+}
+
+/// `<organizer>`; nothing when its URI is empty (it is required).
+fn organizer(w: &mut Writer, o: &Organizer) {
+    if o.uri.is_empty() {
+        return;
+    }
+    let mut body = Writer::default();
+    body.text("uri", &o.uri);
+    body.opt_text("display-text", o.display_text.as_deref());
+    w.element("organizer", &[], &body.0);
 }
 
 fn description(d: &ConferenceDescription) -> String {
@@ -114,15 +185,7 @@ impl Writer {
         if attrs.is_empty() && body.is_empty() {
             return;
         }
-        self.0.push('<');
-        self.0.push_str(name);
-        for (key, value) in attrs {
-            self.0.push(' ');
-            self.0.push_str(key);
-            self.0.push_str("=\"");
-            escape(&mut self.0, value, true);
-            self.0.push('"');
-        }
+        self.open(name, attrs);
         if body.is_empty() {
             self.0.push_str("/>");
         } else {
@@ -131,6 +194,25 @@ impl Writer {
             self.0.push_str("</");
             self.0.push_str(name);
             self.0.push('>');
+        }
+    }
+
+    /// `<name attrs>`: a start tag whose content and end tag the caller writes.
+    fn start_tag(&mut self, name: &str, attrs: &[(&str, &str)]) {
+        self.open(name, attrs);
+        self.0.push('>');
+    }
+
+    /// `<name attrs`, unterminated.
+    fn open(&mut self, name: &str, attrs: &[(&str, &str)]) {
+        self.0.push('<');
+        self.0.push_str(name);
+        for (key, value) in attrs {
+            self.0.push(' ');
+            self.0.push_str(key);
+            self.0.push_str("=\"");
+            escape(&mut self.0, value, true);
+            self.0.push('"');
         }
     }
 
@@ -151,13 +233,6 @@ impl Writer {
             self.text(name, text);
         }
     }
-}
-
-/// `s` with the characters XML 1.0 cannot carry replaced as [`escape`] replaces them.
-fn as_written(s: &str) -> String {
-    s.chars()
-        .map(|c| if is_xml_char(c) { c } else { '\u{FFFD}' })
-        .collect()
 }
 
 /// True for the characters XML 1.0 can carry (`Char` production; Rust has no surrogates).
@@ -187,7 +262,7 @@ fn escape(out: &mut String, s: &str, attr: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Conference, Schedule};
+    use crate::model::{Conference, DeleteReason, Schedule};
 
     #[test]
     fn escape_text_and_attributes() {
@@ -200,18 +275,26 @@ mod tests {
     }
 
     #[test]
-    fn entries_sort_as_written_so_render_is_a_fixed_point() {
-        // Found by the document fuzz target: "\u{0}" sorts before "sip:", U+FFFD after.
-        let deleted = |e: &str| Entry::Deleted { entity: e.into() };
+    fn entries_render_in_list_order_so_render_is_a_fixed_point() {
+        // Found by the document fuzz target when entries were sorted at render time:
+        // "\u{0}" sorts before "sip:", the U+FFFD it is written as after.
+        let deleted = |e: &str| Entry::Deleted {
+            entity: e.into(),
+            reason: None,
+        };
         let list = ConferenceList {
             entity: "sip:a@x".into(),
             version: 1,
             state: DocumentState::Partial,
-            entries: vec![deleted("sip:1@x"), deleted("\u{0}")],
+            entries: vec![deleted("sip:2@x"), deleted("\u{0}"), deleted("sip:1@x")],
+            complete: true,
         };
         let once = ConferenceList::parse(&list.render()).unwrap();
         assert_eq!(once.render(), list.render());
-        assert_eq!(once.entries[1], deleted("\u{FFFD}"));
+        assert_eq!(
+            once.entries,
+            [deleted("sip:2@x"), deleted("\u{FFFD}"), deleted("sip:1@x")]
+        );
     }
 
     #[test]
@@ -226,8 +309,16 @@ mod tests {
             schedule: Schedule {
                 start: Some(String::new()),
                 end: None,
+                time_zone: Some(String::new()),
+                recurrence: Some(String::new()),
             },
             role: Some(String::new()),
+            organizer: Some(Organizer {
+                uri: String::new(),
+                display_text: Some("Nobody".into()),
+            }),
+            revision: Some(String::new()),
+            ..Default::default()
         };
         let xml = ConferenceList::full("sip:a@x", 1, vec![c]).render();
         assert_eq!(
@@ -242,14 +333,45 @@ mod tests {
     }
 
     #[test]
-    fn empty_list_is_self_closing() {
-        let xml = ConferenceList::full("sip:a@x", 0, vec![]).render();
+    fn empty_list_has_start_and_end_tags() {
+        let mut list = ConferenceList::full("sip:a@x", 0, vec![]);
+        list.complete = false;
+        let xml = String::from_utf8(list.render()).unwrap();
         assert_eq!(
-            String::from_utf8(xml).unwrap(),
+            xml,
             concat!(
                 r#"<?xml version="1.0" encoding="UTF-8"?>"#,
-                r#"<conference-list xmlns="urn:conflist:params:xml:ns:conference-list" entity="sip:a@x" version="0" state="full"/>"#,
+                r#"<conference-list xmlns="urn:conflist:params:xml:ns:conference-list" entity="sip:a@x" version="0" state="full" complete="false">"#,
+                r#"</conference-list>"#,
             )
+        );
+        assert_eq!(list.envelope_len(), xml.len());
+    }
+
+    #[test]
+    fn entry_len_is_what_the_entry_adds() {
+        let entries = [
+            Entry::Deleted {
+                entity: "sip:&\u{0}".into(),
+                reason: Some(DeleteReason::OutOfWindow),
+            },
+            Entry::Full(Conference {
+                entity: "sip:1@x".into(),
+                role: Some("<é>".into()),
+                ..Default::default()
+            }),
+        ];
+        let mut list = ConferenceList::full("sip:a@x", 9, vec![]);
+        let empty = list.render().len();
+        list.entries = entries.to_vec();
+        assert_eq!(
+            list.render().len(),
+            empty + entries.iter().map(entry_len).sum::<usize>()
+        );
+        assert_eq!(
+            entry_len(&entries[0]),
+            "<conference entity=\"sip:&amp;\u{FFFD}\" state=\"deleted\" reason=\"out-of-window\"/>"
+                .len()
         );
     }
 }

@@ -4,7 +4,8 @@ mod common;
 
 use common::{bare, maximal, weekly_sync};
 use conflist_document::{
-    Conference, ConferenceList, DocumentError, DocumentState, Entry, apply, diff, prefer_full,
+    Conference, ConferenceList, DeleteReason, DocumentError, DocumentState, Entry, Organizer,
+    Response, Status, apply, diff, entry_len, prefer_full,
 };
 
 const DECL: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
@@ -73,7 +74,7 @@ fn partial_document_renders_exactly() {
         DECL,
         r#"<conference-list xmlns="urn:conflist:params:xml:ns:conference-list" entity="sip:alice@example.com" version="8" state="partial">"#,
         &WEEKLY_SYNC_XML.replace(">Roadmap<", ">Roadmap, take 2<"),
-        r#"<conference entity="sip:1002@conf.example.com" state="deleted"/>"#,
+        r#"<conference entity="sip:1002@conf.example.com" state="deleted" reason="removed"/>"#,
         r#"<conference entity="sip:1003@conf.example.com" state="full"/>"#,
         r#"</conference-list>"#,
     ]
@@ -81,10 +82,262 @@ fn partial_document_renders_exactly() {
     assert_eq!(render(&doc), expected);
 }
 
+/// Every field of the format: the first part of a state sent in two, and the second.
+const EVERY_FIELD_XML: &str = concat!(
+    r#"<?xml version="1.0" encoding="UTF-8"?>"#,
+    r#"<conference-list xmlns="urn:conflist:params:xml:ns:conference-list" entity="sip:alice@example.com" version="7" state="full" complete="false">"#,
+    r#"<conference entity="sip:max@conf.example.com" state="full" revision="2026-11-20T08:15:00.123456Z">"#,
+    r#"<conference-description>"#,
+    r#"<display-text>Weekly sync</display-text>"#,
+    r#"<subject>Roadmap</subject>"#,
+    r#"<free-text>Bring your notes</free-text>"#,
+    r#"<keywords>a b c</keywords>"#,
+    r#"<conf-uris><entry><uri>sip:1001@conf.example.com</uri><display-text>Dial-in</display-text><purpose>participation</purpose></entry></conf-uris>"#,
+    r#"<service-uris><entry><uri>https://meet.example.com/1001</uri><display-text>Web</display-text><purpose>web-page</purpose></entry></service-uris>"#,
+    r#"<maximum-user-count>50</maximum-user-count>"#,
+    r#"<available-media><entry label="1"><display-text>Main audio</display-text><type>audio</type></entry><entry label="2"><type>video</type></entry></available-media>"#,
+    r#"</conference-description>"#,
+    r#"<schedule start="2026-11-24T09:00:00Z" end="2026-11-24T10:00:00Z" time-zone="Europe/Berlin" recurrence="FREQ=WEEKLY;BYDAY=TU"/>"#,
+    r#"<role>organizer</role>"#,
+    r#"<response>accepted</response>"#,
+    r#"<status>scheduled</status>"#,
+    r#"<organizer><uri>sip:carol@example.com</uri><display-text>Carol</display-text></organizer>"#,
+    r#"<passcode-required>true</passcode-required>"#,
+    r#"</conference>"#,
+    r#"</conference-list>"#,
+);
+
+const SECOND_PART_XML: &str = concat!(
+    r#"<?xml version="1.0" encoding="UTF-8"?>"#,
+    r#"<conference-list xmlns="urn:conflist:params:xml:ns:conference-list" entity="sip:alice@example.com" version="8" state="partial">"#,
+    r#"<conference entity="sip:1002@conf.example.com" state="full"/>"#,
+    r#"</conference-list>"#,
+);
+
+fn every_field_doc() -> ConferenceList {
+    let mut doc = ConferenceList::full("sip:alice@example.com", 7, vec![maximal()]);
+    doc.complete = false;
+    doc
+}
+
+#[test]
+fn every_field_renders_and_parses_exactly() {
+    let doc = every_field_doc();
+    assert_eq!(render(&doc), EVERY_FIELD_XML);
+    assert_eq!(
+        ConferenceList::parse(EVERY_FIELD_XML.as_bytes()).unwrap(),
+        doc
+    );
+    let second = ConferenceList::parse(SECOND_PART_XML.as_bytes()).unwrap();
+    assert!(second.complete);
+    assert_eq!(render(&second), SECOND_PART_XML);
+}
+
+#[test]
+fn deletion_reasons_render_and_parse() {
+    let ns = r#"xmlns="urn:conflist:params:xml:ns:conference-list""#;
+    let mut doc = diff("sip:a", 2, &[], &[]);
+    for (i, reason) in DeleteReason::ALL
+        .into_iter()
+        .map(Some)
+        .chain([None])
+        .enumerate()
+    {
+        doc.entries.push(Entry::Deleted {
+            entity: format!("sip:{i}"),
+            reason,
+        });
+    }
+    let xml = render(&doc);
+    assert_eq!(
+        xml,
+        [
+            DECL,
+            &format!(r#"<conference-list {ns} entity="sip:a" version="2" state="partial">"#),
+            r#"<conference entity="sip:0" state="deleted" reason="removed"/>"#,
+            r#"<conference entity="sip:1" state="deleted" reason="cancelled"/>"#,
+            r#"<conference entity="sip:2" state="deleted" reason="out-of-window"/>"#,
+            r#"<conference entity="sip:3" state="deleted"/>"#,
+            r#"</conference-list>"#,
+        ]
+        .concat()
+    );
+    assert_eq!(ConferenceList::parse(xml.as_bytes()).unwrap(), doc);
+}
+
+/// Tokens a newer server may add parse as absent; known ones are read leniently.
+#[test]
+fn unknown_tokens_are_absent_and_known_ones_lenient() {
+    let ns = r#"xmlns="urn:conflist:params:xml:ns:conference-list""#;
+    let one = |attrs: &str, inner: &str| {
+        let xml = format!(
+            r#"<conference-list {ns} entity="e" version="1" state="partial"><conference entity="c" {attrs}>{inner}</conference></conference-list>"#
+        );
+        ConferenceList::parse(xml.as_bytes())
+            .unwrap_or_else(|e| panic!("{xml}: {e}"))
+            .entries
+            .remove(0)
+    };
+    let full = |inner: &str| match one(r#"state="full""#, inner) {
+        Entry::Full(c) => c,
+        other => panic!("{other:?}"),
+    };
+    let c = full("<status>postponed</status><response>delegated</response>");
+    assert_eq!((c.status, c.response), (None, None));
+    let c = full(
+        "<status> Active
+</status><response>NEEDS_ACTION</response>",
+    );
+    assert_eq!(c.status, Some(Status::Active));
+    assert_eq!(c.response, Some(Response::NeedsAction));
+    for (text, value) in [
+        ("true", true),
+        (" 1 ", true),
+        ("false", false),
+        ("0", false),
+    ] {
+        let c = full(&format!("<passcode-required>{text}</passcode-required>"));
+        assert_eq!(c.passcode_required, Some(value), "{text:?}");
+    }
+    let c = full("<organizer><display-text>Nobody</display-text><uri></uri></organizer>");
+    assert_eq!(c.organizer, None, "an empty organizer URI is no organizer");
+    let c = full(r#"<organizer><uri>sip:o</uri><x:y xmlns:x="urn:x"/></organizer>"#);
+    assert_eq!(
+        c.organizer,
+        Some(Organizer {
+            uri: "sip:o".into(),
+            display_text: None
+        })
+    );
+    let c = full(r#"<schedule start="" time-zone="UTC"/>"#);
+    assert_eq!(c.schedule.start, None);
+    assert_eq!(c.schedule.time_zone.as_deref(), Some("UTC"));
+    let reason = |r: &str| match one(&format!(r#"state="deleted" reason="{r}""#), "") {
+        Entry::Deleted { reason, .. } => reason,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(reason("superseded"), None);
+    assert_eq!(reason(" cancelled "), Some(DeleteReason::Cancelled));
+    assert_eq!(reason("out-of-window"), Some(DeleteReason::OutOfWindow));
+    for (value, complete) in [
+        ("false", false),
+        ("0", false),
+        ("1", true),
+        (" true ", true),
+    ] {
+        let xml = format!(
+            r#"<conference-list {ns} entity="e" version="1" state="full" complete="{value}"/>"#
+        );
+        assert_eq!(
+            ConferenceList::parse(xml.as_bytes()).unwrap().complete,
+            complete,
+            "{value:?}"
+        );
+    }
+}
+
+#[test]
+fn entries_render_in_list_order() {
+    let mut doc = ConferenceList::full("sip:a", 1, vec![]);
+    doc.entries = ["sip:3", "sip:1", "sip:2"]
+        .map(|e| Entry::Full(bare(e)))
+        .to_vec();
+    let parsed = ConferenceList::parse(&doc.render()).unwrap();
+    assert_eq!(parsed, doc);
+    let entities: Vec<&str> = parsed.entries.iter().map(Entry::entity).collect();
+    assert_eq!(entities, ["sip:3", "sip:1", "sip:2"]);
+}
+
+#[test]
+fn sizes_add_up_to_the_rendered_length() {
+    let mut doc = every_field_doc();
+    doc.entries.push(Entry::Full(weekly_sync()));
+    let entries: usize = doc.entries.iter().map(entry_len).sum();
+    assert_eq!(doc.render().len(), doc.envelope_len() + entries);
+    assert_eq!(
+        doc.envelope_len(),
+        EVERY_FIELD_XML.len() - entry_len(&Entry::Full(maximal()))
+    );
+    let mut complete = doc.clone();
+    complete.complete = true;
+    assert_eq!(
+        doc.envelope_len() - complete.envelope_len(),
+        r#" complete="false""#.len()
+    );
+}
+
+/// A state too large for one NOTIFY: a full document with `complete="false"`, then partials
+/// at the following versions; applied in order they give the whole list.
+#[test]
+fn a_state_in_parts_applied_in_order_is_the_whole_list() {
+    let user = "sip:alice@example.com";
+    let all: Vec<Conference> = (0..7)
+        .map(|i| bare(&format!("sip:{}@conf.example.com", 1000 + i)))
+        .collect();
+    let whole = ConferenceList::full(user, 20, all.clone());
+    // Split by size, as a notifier does: at most ~3 entries' worth of bytes per part, each
+    // part sized with its own envelope (complete="false" until the last).
+    let budget = whole.envelope_len() + 3 * entry_len(&whole.entries[0]);
+    let mut parts: Vec<ConferenceList> = Vec::new();
+    for entry in &whole.entries {
+        let fits = parts.last().is_some_and(|p| {
+            p.envelope_len() + p.entries.iter().map(entry_len).sum::<usize>() + entry_len(entry)
+                <= budget
+        });
+        if !fits {
+            parts.push(ConferenceList {
+                entity: user.into(),
+                version: 20 + parts.len() as u64,
+                state: if parts.is_empty() {
+                    DocumentState::Full
+                } else {
+                    DocumentState::Partial
+                },
+                entries: Vec::new(),
+                complete: false,
+            });
+        }
+        if let Some(p) = parts.last_mut() {
+            p.entries.push(entry.clone());
+        }
+    }
+    if let Some(last) = parts.last_mut() {
+        last.complete = true;
+    }
+    assert_eq!(
+        parts.len(),
+        4,
+        "2 + 2 + 2 + 1 entries: complete=\"false\" costs bytes"
+    );
+    for (i, part) in parts.iter().enumerate() {
+        assert!(part.render().len() <= budget, "part {i} over budget");
+    }
+    let mut held = vec![bare("sip:stale")];
+    let mut version = Some(3);
+    for part in &parts {
+        let part = ConferenceList::parse(&part.render()).unwrap();
+        held = apply(&held, version, &part).unwrap();
+        version = Some(part.version);
+        assert_eq!(held.len() == all.len(), part.complete);
+    }
+    assert_eq!(held, all);
+
+    // A lost part is a version gap.
+    let held = apply(&[], None, &parts[0]).unwrap();
+    assert_eq!(
+        apply(&held, Some(20), &parts[2]),
+        Err(DocumentError::VersionGap {
+            expected: 21,
+            got: 22
+        })
+    );
+}
+
 #[test]
 fn snapshots() {
     insta::assert_snapshot!("full_document", render(&full_doc()));
     insta::assert_snapshot!("partial_document", render(&partial_doc()));
+    insta::assert_snapshot!("every_field_document", render(&every_field_doc()));
 }
 
 #[test]
@@ -252,6 +505,22 @@ fn parse_errors() {
             ),
             DocumentError::MissingAttribute("label"),
         ),
+        (
+            format!(r#"<conference-list {ns} entity="e" version="1" state="full" complete="no"/>"#),
+            DocumentError::BadAttribute("complete"),
+        ),
+        (
+            format!(
+                r#"<conference-list {ns} entity="e" version="1" state="full"><conference entity="c" state="full"><passcode-required>yes</passcode-required></conference></conference-list>"#
+            ),
+            DocumentError::BadElement("passcode-required"),
+        ),
+        (
+            format!(
+                r#"<conference-list {ns} entity="e" version="1" state="full"><conference entity="c" state="full"><organizer><display-text>x</display-text></organizer></conference></conference-list>"#
+            ),
+            DocumentError::MissingElement("uri"),
+        ),
     ];
     for (xml, expected) in cases {
         assert_eq!(
@@ -290,7 +559,13 @@ fn parse_errors() {
 fn deleted_conference_children_are_ignored() {
     let xml = r#"<conference-list xmlns="urn:conflist:params:xml:ns:conference-list" entity="e" version="2" state="partial"><conference entity="c" state="deleted"><role>x</role></conference></conference-list>"#;
     let doc = ConferenceList::parse(xml.as_bytes()).unwrap();
-    assert_eq!(doc.entries, vec![Entry::Deleted { entity: "c".into() }]);
+    assert_eq!(
+        doc.entries,
+        vec![Entry::Deleted {
+            entity: "c".into(),
+            reason: None
+        }]
+    );
 }
 
 #[test]

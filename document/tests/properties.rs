@@ -1,10 +1,11 @@
-//! Property tests: render/parse round trip, and diff/apply convergence.
+//! Property tests: render/parse round trip, the exact size API, diff/apply convergence,
+//! and states sent in several parts.
 
 use std::collections::BTreeMap;
 
 use conflist_document::{
-    Conference, ConferenceDescription, ConferenceList, DocumentState, Entry, MediaEntry, Schedule,
-    UriEntry, apply, diff,
+    Conference, ConferenceDescription, ConferenceList, DeleteReason, DocumentState, Entry,
+    MediaEntry, Organizer, Response, Schedule, Status, UriEntry, apply, diff, entry_len,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -84,20 +85,59 @@ fn description() -> impl Strategy<Value = ConferenceDescription> {
         )
 }
 
-fn conference() -> impl Strategy<Value = Conference> {
+fn schedule() -> impl Strategy<Value = Schedule> {
     (
-        entity(),
-        description(),
+        proptest::option::of(text()),
         proptest::option::of(text()),
         proptest::option::of(text()),
         proptest::option::of(text()),
     )
-        .prop_map(|(entity, description, start, end, role)| Conference {
-            entity,
-            description,
-            schedule: Schedule { start, end },
-            role,
+        .prop_map(|(start, end, time_zone, recurrence)| Schedule {
+            start,
+            end,
+            time_zone,
+            recurrence,
         })
+}
+
+fn organizer() -> impl Strategy<Value = Organizer> {
+    // The URI is required: an organizer with an empty one is not rendered.
+    (text(), proptest::option::of(text()))
+        .prop_map(|(uri, display_text)| Organizer { uri, display_text })
+}
+
+fn conference() -> impl Strategy<Value = Conference> {
+    (
+        (
+            entity(),
+            description(),
+            schedule(),
+            proptest::option::of(text()),
+        ),
+        (
+            proptest::option::of(proptest::sample::select(Response::ALL.to_vec())),
+            proptest::option::of(proptest::sample::select(Status::ALL.to_vec())),
+            proptest::option::of(organizer()),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(text()),
+        ),
+    )
+        .prop_map(
+            |(
+                (entity, description, schedule, role),
+                (response, status, organizer, passcode_required, revision),
+            )| Conference {
+                entity,
+                description,
+                schedule,
+                role,
+                response,
+                status,
+                organizer,
+                passcode_required,
+                revision,
+            },
+        )
 }
 
 /// Conferences with distinct entities, sorted by entity.
@@ -109,39 +149,80 @@ fn conference_set() -> impl Strategy<Value = Vec<Conference>> {
     })
 }
 
-/// Any document in canonical form: entries sorted by entity, deleted ones only in partials.
+/// Any document in canonical form: distinct entities in any order, deleted ones only in
+/// partials.
 fn document() -> impl Strategy<Value = ConferenceList> {
     (
         text(),
         any::<u64>(),
         any::<bool>(),
-        conference_set(),
-        proptest::collection::vec(any::<bool>(), 5),
+        conference_set().prop_shuffle(),
+        proptest::collection::vec(
+            proptest::option::of(proptest::option::of(proptest::sample::select(
+                DeleteReason::ALL.to_vec(),
+            ))),
+            5,
+        ),
+        any::<bool>(),
     )
-        .prop_map(|(entity, version, partial, conferences, deleted)| {
-            let state = if partial {
-                DocumentState::Partial
-            } else {
+        .prop_map(
+            |(entity, version, partial, conferences, deleted, complete)| {
+                let state = if partial {
+                    DocumentState::Partial
+                } else {
+                    DocumentState::Full
+                };
+                let entries = conferences
+                    .into_iter()
+                    .zip(deleted)
+                    .map(|(c, deleted)| match deleted {
+                        Some(reason) if partial => Entry::Deleted {
+                            entity: c.entity,
+                            reason,
+                        },
+                        _ => Entry::Full(c),
+                    })
+                    .collect();
+                ConferenceList {
+                    entity,
+                    version,
+                    state,
+                    entries,
+                    complete,
+                }
+            },
+        )
+}
+
+/// `set` sent as a full document with `complete="false"` and partials at the following
+/// versions, cut before the entries at `cuts` (indices into `set`, any, deduplicated).
+fn in_parts(user: &str, v0: u64, set: &[Conference], cuts: &[Index]) -> Vec<ConferenceList> {
+    let mut at: Vec<usize> = cuts.iter().map(|i| i.index(set.len() + 1)).collect();
+    at.push(0);
+    at.push(set.len());
+    at.sort_unstable();
+    at.dedup();
+    let parts: Vec<&[Conference]> = if at.len() < 2 {
+        vec![set]
+    } else {
+        at.windows(2).map(|w| &set[w[0]..w[1]]).collect()
+    };
+    let last = parts.len() - 1;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| ConferenceList {
+            entity: user.to_owned(),
+            version: v0 + i as u64,
+            state: if i == 0 {
                 DocumentState::Full
-            };
-            let entries = conferences
-                .into_iter()
-                .zip(deleted)
-                .map(|(c, deleted)| {
-                    if partial && deleted {
-                        Entry::Deleted { entity: c.entity }
-                    } else {
-                        Entry::Full(c)
-                    }
-                })
-                .collect();
-            ConferenceList {
-                entity,
-                version,
-                state,
-                entries,
-            }
+            } else {
+                DocumentState::Partial
+            },
+            entries: part.iter().cloned().map(Entry::Full).collect(),
+            complete: i == last,
         })
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +273,39 @@ proptest! {
     #[test]
     fn parse_of_render_is_identity(doc in document()) {
         prop_assert_eq!(through_bytes(&doc), doc);
+    }
+
+    #[test]
+    fn rendered_length_is_envelope_plus_entries(doc in document()) {
+        let sizes: usize = doc.entries.iter().map(entry_len).sum();
+        prop_assert_eq!(doc.render().len(), doc.envelope_len() + sizes);
+        let mut empty = doc.clone();
+        empty.entries.clear();
+        prop_assert_eq!(empty.render().len(), doc.envelope_len());
+    }
+
+    #[test]
+    fn a_state_in_parts_applied_in_order_is_the_whole_list(
+        held in conference_set(),
+        set in conference_set(),
+        v0 in 0u64..1_000_000,
+        cuts in proptest::collection::vec(any::<Index>(), 0..4),
+    ) {
+        let user = "sip:alice@example.com";
+        let parts = in_parts(user, v0, &set, &cuts);
+        prop_assert!(parts.len() == 1 || !parts[0].complete);
+        let mut list = held.clone();
+        let mut list_bytes = held;
+        let mut version = Some(v0.wrapping_sub(7));
+        for part in &parts {
+            list = apply(&list, version, part).unwrap();
+            let part = through_bytes(part);
+            list_bytes = apply(&list_bytes, version, &part).unwrap();
+            version = Some(part.version);
+        }
+        prop_assert!(parts.last().is_some_and(|p| p.complete));
+        prop_assert_eq!(&list, &set);
+        prop_assert_eq!(&list_bytes, &set);
     }
 
     #[test]

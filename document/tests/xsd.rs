@@ -6,7 +6,9 @@ use std::io::{ErrorKind, Write};
 use std::process::{Command, Stdio};
 
 use common::{bare, maximal, weekly_sync};
-use conflist_document::{ConferenceList, XSD, diff};
+use conflist_document::{
+    ConferenceList, DeleteReason, DocumentState, Entry, Organizer, Response, Status, XSD, diff,
+};
 
 /// Runs `xmllint --noout --nonet --schema conference-list.xsd -` on `xml`:
 /// whether it validates, and what xmllint said.
@@ -91,10 +93,82 @@ fn rendered_documents_validate() {
     escaped.description.keywords = vec!["<k>".into(), "&".into(), "😀".into()];
     escaped.description.available_media[0].label = "\"<&>'\t\n".into();
     escaped.role = Some("<organizer/>".into());
+    escaped.revision = Some("\"<&>'\t\n".into());
+    escaped.schedule.time_zone = Some("<&>".into());
+    escaped.schedule.recurrence = Some("FREQ=WEEKLY;BYDAY=MO\t\"".into());
+    escaped.organizer = Some(Organizer {
+        uri: "sip:o@x".into(),
+        display_text: Some("<&>".into()),
+    });
     assert_valid(
         "escaped text",
         &ConferenceList::full(user, 3, vec![escaped]),
     );
+}
+
+#[test]
+fn every_new_field_validates() {
+    let user = "sip:alice@example.com";
+    let mut first = ConferenceList::full(user, 7, vec![maximal()]);
+    first.complete = false;
+    assert_valid("full, complete=false, every field", &first);
+    let mut empty_first = ConferenceList::full(user, 7, vec![]);
+    empty_first.complete = false;
+    assert_valid("empty full, complete=false", &empty_first);
+    let mut middle = diff(user, 8, &[], &[weekly_sync()]);
+    middle.complete = false;
+    assert_valid("partial, complete=false", &middle);
+
+    for response in Response::ALL {
+        for status in Status::ALL {
+            for passcode in [true, false] {
+                let mut c = bare("sip:1@x");
+                c.response = Some(response);
+                c.status = Some(status);
+                c.passcode_required = Some(passcode);
+                c.organizer = Some(Organizer {
+                    uri: "sip:o@x".into(),
+                    display_text: None,
+                });
+                assert_valid(
+                    &format!("{response:?} {status:?} {passcode}"),
+                    &ConferenceList::full(user, 1, vec![c]),
+                );
+            }
+        }
+    }
+    let mut deletions = diff(user, 9, &[], &[]);
+    for (i, reason) in DeleteReason::ALL
+        .into_iter()
+        .map(Some)
+        .chain([None])
+        .enumerate()
+    {
+        deletions.entries.push(Entry::Deleted {
+            entity: format!("sip:{i}@x"),
+            reason,
+        });
+    }
+    deletions.entries.push(Entry::Full(maximal()));
+    assert_eq!(deletions.state, DocumentState::Partial);
+    assert_valid("deletions with reasons", &deletions);
+}
+
+#[test]
+fn documents_of_the_earlier_format_stay_valid() {
+    let head = r#"<?xml version="1.0" encoding="UTF-8"?><conference-list xmlns="urn:conflist:params:xml:ns:conference-list" entity="sip:alice@example.com" version="1""#;
+    for xml in [
+        format!(r#"{head} state="full"/>"#),
+        format!(
+            r#"{head} state="full"><conference entity="sip:1" state="full"><schedule start="2026-11-24T09:00:00Z"/><role>x</role></conference></conference-list>"#
+        ),
+        format!(
+            r#"{head} state="partial"><conference entity="sip:1" state="deleted"/></conference-list>"#
+        ),
+    ] {
+        let (ok, said) = xmllint(xml.as_bytes());
+        assert!(ok, "{said}\n{xml}");
+    }
 }
 
 #[test]
@@ -144,6 +218,39 @@ fn invalid_documents_are_rejected() {
         &format!(
             r#"{head} state="full"><conference entity="sip:1" state="full"><schedule start="tomorrow"/></conference></conference-list>"#
         ),
+    );
+    let conference = |inner: &str| {
+        format!(
+            r#"{head} state="full"><conference entity="sip:1" state="full">{inner}</conference></conference-list>"#
+        )
+    };
+    assert_invalid("bogus status", &conference("<status>postponed</status>"));
+    assert_invalid("bogus response", &conference("<response>maybe</response>"));
+    assert_invalid(
+        "bogus passcode flag",
+        &conference("<passcode-required>yes</passcode-required>"),
+    );
+    assert_invalid(
+        "organizer without uri",
+        &conference("<organizer><display-text>x</display-text></organizer>"),
+    );
+    assert_invalid(
+        "new children out of order",
+        &conference("<status>active</status><response>accepted</response>"),
+    );
+    assert_invalid(
+        "role after status",
+        &conference("<status>active</status><role>x</role>"),
+    );
+    assert_invalid(
+        "bogus reason",
+        &format!(
+            r#"{head} state="partial"><conference entity="sip:1" state="deleted" reason="gone"/></conference-list>"#
+        ),
+    );
+    assert_invalid(
+        "bogus complete",
+        &format!(r#"{head} state="full" complete="no"/>"#),
     );
     assert_invalid(
         "wrong namespace",

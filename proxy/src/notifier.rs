@@ -4,6 +4,43 @@
 /// Proxy-wide unique id of one subscription (one SIP dialog).
 pub type SubscriptionId = String;
 
+/// The part of a list a subscriber asks for, from the Event header's parameters
+/// (`Event: conference-list;past=86400;ahead=1209600;max=200`); `None` = the server's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    /// Seconds before now: conferences that ended longer ago are left out.
+    pub past: Option<u32>,
+    /// Seconds after now: conferences that start later are left out.
+    pub ahead: Option<u32>,
+    /// At most this many conferences, nearest first.
+    pub max: Option<u32>,
+}
+
+impl Window {
+    /// The window named by an Event header's parameters: each of `past`, `ahead` and `max`
+    /// must be `1*10DIGIT` within 32 bits; other parameters are ignored (RFC 6665 §8.2.1).
+    pub fn from_event_params(params: &sip::Params) -> Result<Window, &'static str> {
+        let number = |name: &str| -> Result<Option<u32>, &'static str> {
+            if !params.contains(name) {
+                return Ok(None);
+            }
+            match params.value(name) {
+                Some(v)
+                    if !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    v.parse().map(Some).map_err(|_| "Bad Event parameter")
+                }
+                _ => Err("Bad Event parameter"),
+            }
+        };
+        Ok(Window {
+            past: number("past")?,
+            ahead: number("ahead")?,
+            max: number("max")?,
+        })
+    }
+}
+
 /// A request to the notifier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -29,6 +66,8 @@ pub enum Command {
         flow_identity: Option<String>,
         /// The client's address, for per-address throttling of failed sign-ins.
         client_address: String,
+        /// The part of the list asked for (Event parameters `past`, `ahead`, `max`).
+        window: Window,
     },
     /// An in-dialog SUBSCRIBE; `Some(0)` unsubscribes.
     Refresh {

@@ -31,3 +31,22 @@ INSERT INTO conflist_members (conference_uri, user_uri, role) VALUES
   ('sip:1005@conf.example.com', 'sip:carol@example.com', 'organizer'),
   ('sip:1005@conf.example.com', 'sip:dave@example.com', 'participant')
 ON CONFLICT DO NOTHING;
+
+-- The optional meeting fields (migration 0004). Carol's standup recurs every weekday at
+-- 09:30 Berlin time, so the list shows its next occurrence.
+UPDATE conflist_conferences SET status = 'scheduled', organizer_uri = 'sip:dave@example.com',
+  organizer_name = 'Dave', time_zone = 'America/New_York', revision = '1'
+  WHERE conference_uri = 'sip:1003@conf.example.com';
+UPDATE conflist_conferences SET passcode_required = TRUE, organizer_uri = 'sip:bob@example.com',
+  organizer_name = 'Bob', revision = '1'
+  WHERE conference_uri = 'sip:1002@conf.example.com';
+UPDATE conflist_conferences SET time_zone = 'Europe/Berlin',
+  recurrence = 'FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR', organizer_uri = 'sip:carol@example.com',
+  organizer_name = 'Carol', revision = '1'
+  WHERE conference_uri = 'sip:1005@conf.example.com';
+UPDATE conflist_members SET response = 'accepted'
+  WHERE conference_uri = 'sip:1003@conf.example.com' AND user_uri IN ('sip:alice@example.com', 'sip:dave@example.com');
+UPDATE conflist_members SET response = 'needs-action'
+  WHERE conference_uri = 'sip:1003@conf.example.com' AND user_uri IN ('sip:bob@example.com', 'sip:carol@example.com');
+UPDATE conflist_members SET response = 'tentative'
+  WHERE conference_uri = 'sip:1002@conf.example.com' AND user_uri = 'sip:alice@example.com';

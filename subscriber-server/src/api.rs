@@ -23,7 +23,7 @@ use crate::directory::DirectoryError;
 use crate::metrics::{AuthLabel, Metrics};
 use crate::subscription::{
     self, Delivered, NotifyPolicy, Plan, Policy, Registry, Rejection, SubscribeRequest,
-    Subscription,
+    Subscription, Window,
 };
 use document::ConferenceList;
 use proto::v1::{
@@ -52,6 +52,8 @@ pub const SESSION_BACKLOG: usize = 1024;
 /// Refreshes of one subscription waiting behind one whose credentials are being verified;
 /// more are answered 503 (an honest client has one refresh in flight).
 const MAX_QUEUED_REFRESHES: usize = 8;
+/// How long a fetch (`Expires: 0`) may take to send its state, in parts when large.
+const FETCH_LIFETIME: Duration = Duration::from_secs(60);
 /// Reason of the per-user subscription cap's 403.
 const TOO_MANY: &str = "too many subscriptions for this user";
 
@@ -64,6 +66,8 @@ pub struct Context {
     pub cache: Arc<Cache>,
     /// Partial/full and rate-control policy.
     pub notify_policy: NotifyPolicy,
+    /// The window of subscriptions that ask for none (`--window-*`).
+    pub default_window: Window,
     /// Registered metrics.
     pub metrics: Metrics,
     /// Cancelled on shutdown: sessions terminate their subscriptions (reason=deactivated).
@@ -188,6 +192,8 @@ struct Admitted {
     subscriber: String,
     request_id: u64,
     first_version: u64,
+    /// The part of the list asked for.
+    window: Window,
     /// The sign-in outcome and digest user name, when credentials were verified.
     auth: Option<(Label, Option<String>)>,
     outcome: Admission,
@@ -488,6 +494,7 @@ impl Session {
             event: s.event,
             accept: s.accept,
             expires: s.expires,
+            window: window_from_proto(s.window.as_ref()),
         };
         let step = match (&self.ctx.auth, credentials_from_proto(s.credentials)) {
             (None, _) => AuthStep::Off,
@@ -517,6 +524,7 @@ impl Session {
         };
         self.pending.insert(id.clone(), s.request_id);
         let first_version = s.resume_version.map_or(0, |v| v.saturating_add(1));
+        let window = req.window;
         let task = admit(self.ctx.clone(), self.key, req, step, s.client_address);
         let request_id = s.request_id;
         self.tasks.spawn(async move {
@@ -526,6 +534,7 @@ impl Session {
                 subscriber,
                 request_id,
                 first_version,
+                window,
                 auth,
                 outcome,
             })
@@ -691,6 +700,7 @@ impl Session {
             subscriber,
             request_id,
             first_version,
+            window,
             auth,
             outcome,
         } = admitted;
@@ -742,29 +752,20 @@ impl Session {
         )))
         .await?;
         info!(subscription.id = %id, %subscriber, granted, "subscription accepted");
-        let mut sub = Subscription::new(
-            subscriber.clone(),
-            now + Duration::from_secs(granted.into()),
-            first_version,
-        )
-        .with_identity(identity);
-        if granted == 0 {
-            // A fetch: one NOTIFY with the state, terminated at once.
-            self.ctx.cache.detach(self.key, &subscriber);
-            let full =
-                ConferenceList::full(subscriber, sub.take_version(), doc.conferences.to_vec());
-            let version = full.version;
-            return self
-                .send_notification(
-                    &id,
-                    version,
-                    SubscriptionState::Terminated,
-                    TerminationReason::Timeout,
-                    0,
-                    Some(full),
-                )
-                .await;
-        }
+        // A fetch (RFC 6665 §4.4.3) lives only until its state has gone out, which takes
+        // more than one NOTIFY for a large list: it ends with the last part, or at
+        // FETCH_LIFETIME.
+        let fetch = granted == 0;
+        let lifetime = if fetch {
+            FETCH_LIFETIME
+        } else {
+            Duration::from_secs(granted.into())
+        };
+        let mut sub = Subscription::new(subscriber.clone(), now + lifetime, first_version)
+            .with_identity(identity)
+            .with_window(window.or(self.ctx.default_window));
+        sub.fetch = fetch;
+        drop(doc);
         self.registry.insert(id.clone(), sub);
         if self.meta.len() > 2 * self.registry.len() + 64 {
             let registry = &self.registry;
@@ -871,6 +872,7 @@ impl Session {
     /// Sends what `id`'s client should now see, if anything (see [`subscription::plan`]).
     async fn send_state(&mut self, id: &str, owed: bool) -> Result<(), Stop> {
         let now = Instant::now();
+        let wall = chrono::Utc::now();
         let Some(user) = self.registry.get(id).map(|s| s.subscriber.clone()) else {
             return Ok(());
         };
@@ -882,11 +884,34 @@ impl Session {
             return Ok(());
         };
         let expires = sub.remaining_secs(now);
-        match subscription::plan(sub, &latest.conferences, now, owed, policy) {
+        let plan = subscription::plan(sub, &latest.conferences, now, wall, owed, policy);
+        let fetch = sub.fetch;
+        // Time alone can change what a windowed subscription shows: look again then.
+        if let Some(review) = sub.review_at() {
+            let wait = (review - wall).to_std().unwrap_or_default();
+            self.registry.schedule_send(id, now + wait);
+        }
+        match plan {
             Plan::Nothing => Ok(()),
             Plan::Defer(at) => {
                 self.registry.schedule_send(id, at);
                 Ok(())
+            }
+            Plan::Send(doc) if fetch && doc.complete => {
+                // The last part of a fetch ends it.
+                let version = doc.version;
+                if self.drop_sub(id) {
+                    info!(subscription.id = %id, "fetch answered");
+                }
+                self.send_notification(
+                    id,
+                    version,
+                    SubscriptionState::Terminated,
+                    TerminationReason::Timeout,
+                    0,
+                    Some(doc),
+                )
+                .await
             }
             Plan::Send(doc) => {
                 let version = doc.version;
@@ -1166,6 +1191,19 @@ async fn admit(
 }
 
 /// The domain form of `conflist.v1.Credentials`; `None` when absent or empty.
+/// The window a Subscribe asks for (absent fields: the server's defaults).
+fn window_from_proto(w: Option<&v1::Window>) -> Window {
+    let Some(w) = w else {
+        return Window::default();
+    };
+    let secs = |s: Option<u32>| s.map(|s| Duration::from_secs(s.into()));
+    Window {
+        past: secs(w.past_seconds),
+        ahead: secs(w.ahead_seconds),
+        max: w.max_count.map(|n| n as usize),
+    }
+}
+
 fn credentials_from_proto(c: Option<v1::Credentials>) -> Option<Credentials> {
     match c?.kind? {
         v1::credentials::Kind::Digest(d) => {
@@ -1260,7 +1298,10 @@ mod tests {
             notify_policy: NotifyPolicy {
                 min_interval: Duration::ZERO,
                 full_only: false,
+                max_body_bytes: subscription::DEFAULT_MAX_BODY_BYTES,
+                show_cancelled: true,
             },
+            default_window: Window::default(),
             metrics: Metrics::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -1360,6 +1401,7 @@ mod tests {
                 resume_version: None,
                 client_address: "192.0.2.1:5555".into(),
                 flow_identity: flow_identity.into(),
+                window: None,
             }))
             .await
         }

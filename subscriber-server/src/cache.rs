@@ -16,8 +16,9 @@
 //! it serves a new subscription.
 
 use crate::directory::{Directory, DirectoryError};
+use chrono::{DateTime, Utc};
 use document::Conference;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -80,6 +81,10 @@ struct Inner {
     recheck: HashSet<String>,
     /// Attaches of uncached users still loading, per user (they count toward the limit).
     loading: HashMap<String, usize>,
+    /// When a cached recurring meeting's shown occurrence ends, by conference: it is read
+    /// again then, so the list rolls on to the next occurrence. An entry of a conference
+    /// nobody caches any more costs one empty read when due.
+    rolls: BTreeSet<(DateTime<Utc>, String)>,
 }
 
 /// Why [`Cache::attach_limited`] refused.
@@ -234,6 +239,7 @@ impl Cache {
             sessions,
             generation: applied,
             recheck,
+            rolls,
             ..
         } = &mut *inner;
         if let Some(e) = users.get_mut(user) {
@@ -241,7 +247,7 @@ impl Cache {
             // newest unless a batch was applied since our read began: then the next batch
             // re-reads the user instead.
             if *applied == generation {
-                swap_in(e, by_conference, sessions, user, loaded, true);
+                swap_in(e, by_conference, sessions, rolls, user, loaded, true);
             } else {
                 recheck.insert(user.to_owned());
                 self.follower_wake.notify_one();
@@ -300,6 +306,22 @@ impl Cache {
     /// True when nobody is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Recurring meetings whose shown occurrence has ended by `now`: read them again (as
+    /// changed conferences) so that their members see the next occurrence.
+    pub fn take_due_rolls(&self, now: DateTime<Utc>) -> HashSet<String> {
+        let mut inner = lock(&self.inner);
+        let mut due = HashSet::new();
+        while let Some((at, _)) = inner.rolls.first() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, conference)) = inner.rolls.pop_first() {
+                due.insert(conference);
+            }
+        }
+        due
     }
 
     /// The users cached now (for a verification pass).
@@ -428,10 +450,11 @@ fn install(inner: &mut Inner, user: &str, new: Vec<Conference>, whole: bool) -> 
         users,
         by_conference,
         sessions,
+        rolls,
         ..
     } = inner;
     match users.get_mut(user) {
-        Some(entry) => swap_in(entry, by_conference, sessions, user, new, whole),
+        Some(entry) => swap_in(entry, by_conference, sessions, rolls, user, new, whole),
         None => false,
     }
 }
@@ -441,6 +464,7 @@ fn swap_in(
     entry: &mut Entry,
     by_conference: &mut HashMap<String, HashSet<String>>,
     sessions: &HashMap<SessionKey, Arc<SessionWake>>,
+    rolls: &mut BTreeSet<(DateTime<Utc>, String)>,
     user: &str,
     new: Vec<Conference>,
     whole: bool,
@@ -457,6 +481,7 @@ fn swap_in(
         conferences: Arc::new(new),
     });
     reindex(by_conference, user, &old, &doc.conferences);
+    note_rolls(rolls, &doc.conferences);
     entry.doc = doc;
     for key in entry.sessions.keys() {
         if let Some(wake) = sessions.get(key) {
@@ -492,7 +517,28 @@ fn reindex(
     }
 }
 
+/// Records when each recurring meeting among `conferences` rolls on to its next occurrence
+/// (the shown one's end, or its start when it has none).
+fn note_rolls(rolls: &mut BTreeSet<(DateTime<Utc>, String)>, conferences: &[Conference]) {
+    let now = Utc::now();
+    for c in conferences
+        .iter()
+        .filter(|c| c.schedule.recurrence.is_some())
+    {
+        let at = c
+            .schedule
+            .end
+            .as_deref()
+            .or(c.schedule.start.as_deref())
+            .and_then(crate::directory::rows::parse_time);
+        if let Some(at) = at.filter(|at| *at > now) {
+            rolls.insert((at, c.entity.clone()));
+        }
+    }
+}
+
 fn index(inner: &mut Inner, user: &str, conferences: &[Conference]) {
+    note_rolls(&mut inner.rolls, conferences);
     for c in conferences {
         inner
             .by_conference

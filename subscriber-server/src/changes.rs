@@ -107,6 +107,8 @@ async fn poll(
             () = cache.follower_wake.notified() => {}
             () = shutdown.cancelled() => return,
         }
+        // Every cached user is read again anyway: recurring meetings roll on with it.
+        cache.take_due_rolls(chrono::Utc::now());
         if cache.is_empty() {
             continue;
         }
@@ -263,7 +265,10 @@ async fn read_and_apply(
         metrics.resyncs.inc();
     }
     metrics.changes_read.inc_by(read.conferences.len() as u64);
-    match cache.apply_changes(&read.conferences, resync).await {
+    // Recurring meetings whose occurrence ended are read again like changed conferences.
+    let mut conferences = read.conferences;
+    conferences.extend(cache.take_due_rolls(chrono::Utc::now()));
+    match cache.apply_changes(&conferences, resync).await {
         Ok(n) => {
             metrics.users_changed.inc_by(n as u64);
         }

@@ -1,6 +1,7 @@
 //! Command line and environment configuration (every flag has a `CONFLIST_…` variable).
 
 use crate::auth::{self, AuthConfig, bearer, digest::Algorithm};
+use crate::{directory, subscription};
 use clap::{Parser, Subcommand, ValueEnum};
 use conflist_service::settings::{MAX_COUNT, MAX_DURATION, check_range, read_file, read_secret};
 use std::net::SocketAddr;
@@ -98,6 +99,28 @@ pub struct Config {
     /// Always send full documents (no partial notifications).
     #[arg(long, env = "CONFLIST_FULL_DOCUMENTS")]
     pub full_documents: bool,
+    /// Most bytes of one NOTIFY body; a larger state goes out as several NOTIFYs (a full
+    /// document marked complete="false", then partials), nearest conferences first.
+    #[arg(long, env = "CONFLIST_MAX_NOTIFY_BYTES", default_value_t = subscription::DEFAULT_MAX_BODY_BYTES)]
+    pub max_notify_bytes: usize,
+    /// Most bytes one conference may take in a document; longer text (free text first) is
+    /// truncated, logged and counted. At most a quarter of --max-notify-bytes.
+    #[arg(long, env = "CONFLIST_MAX_CONFERENCE_BYTES", default_value_t = directory::DEFAULT_MAX_CONFERENCE_BYTES)]
+    pub max_conference_bytes: usize,
+    /// Default window for subscriptions that ask for none: leave out conferences that
+    /// ended longer ago than this (e.g. `1d`). Unset: keep them.
+    #[arg(long, env = "CONFLIST_WINDOW_PAST", value_parser = humantime::parse_duration)]
+    pub window_past: Option<Duration>,
+    /// Default window: leave out conferences that start later than this from now (e.g. `14d`).
+    #[arg(long, env = "CONFLIST_WINDOW_AHEAD", value_parser = humantime::parse_duration)]
+    pub window_ahead: Option<Duration>,
+    /// Default window: at most this many conferences, nearest first.
+    #[arg(long, env = "CONFLIST_WINDOW_MAX")]
+    pub window_max: Option<usize>,
+    /// Remove cancelled meetings from lists (reason="cancelled") instead of showing them
+    /// with status cancelled.
+    #[arg(long, env = "CONFLIST_HIDE_CANCELLED")]
+    pub hide_cancelled: bool,
     /// A proxy session whose outbound messages wait this long without the proxy reading any
     /// is ended (its subscriptions are dropped; the proxy re-subscribes them elsewhere).
     #[arg(long, env = "CONFLIST_SESSION_STALL_TIMEOUT", default_value = DEFAULT_SESSION_STALL_TIMEOUT, value_parser = humantime::parse_duration)]
@@ -503,6 +526,9 @@ pub fn password_from_input(input: &[u8]) -> Result<String, String> {
     Ok(line.to_owned())
 }
 
+/// The largest NOTIFY body allowed (the proxy accepts Notifications up to 16 MiB).
+const MAX_NOTIFY_BYTES: usize = 4 * 1024 * 1024;
+
 /// The longest subscription any expiry setting may grant, seconds (one year).
 pub const MAX_EXPIRES: u32 = 365 * 24 * 3600;
 
@@ -538,6 +564,27 @@ impl Config {
             Duration::ZERO,
             HOUR,
         )?;
+        check_range(
+            "--max-notify-bytes",
+            self.max_notify_bytes,
+            4096,
+            MAX_NOTIFY_BYTES,
+        )?;
+        check_range(
+            "--max-conference-bytes",
+            self.max_conference_bytes,
+            1024,
+            self.max_notify_bytes / 4,
+        )?;
+        if let Some(past) = self.window_past {
+            check_range("--window-past", past, Duration::ZERO, MAX_DURATION)?;
+        }
+        if let Some(ahead) = self.window_ahead {
+            check_range("--window-ahead", ahead, Duration::ZERO, MAX_DURATION)?;
+        }
+        if let Some(max) = self.window_max {
+            check_range("--window-max", max, 1, MAX_COUNT)?;
+        }
         check_range(
             "--session-stall-timeout",
             self.session_stall_timeout,

@@ -50,8 +50,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     run_with(config, secrets, shutdown).await
 }
 
+/// The largest gRPC message either way on a session.
+const GRPC_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// [`run`] with the secrets and keys already read (`main` reads them first so that bad
 /// files exit with code 64).
+
 pub async fn run_with(
     config: Config,
     secrets: config::Secrets,
@@ -74,7 +78,17 @@ pub async fn run_with(
     let metrics = metrics::Metrics::register(&mut registry);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let directory = directory.with_rows_skipped(metrics.rows_skipped.clone());
+    let directory = directory
+        .with_rows_skipped(metrics.rows_skipped.clone())
+        .with_conference_limit(
+            config.max_conference_bytes,
+            metrics.conferences_truncated.clone(),
+        );
+    let columns = directory
+        .discover_columns()
+        .await
+        .context("read the columns of conflist_conferences and conflist_members")?;
+    info!(optional_columns = %columns.describe(), "database contract");
     let cache =
         Arc::new(cache::Cache::new(directory.clone()).with_max_age(Some(config.cache_max_age)));
     tracker.spawn(changes::run(
@@ -100,6 +114,13 @@ pub async fn run_with(
         notify_policy: subscription::NotifyPolicy {
             min_interval: config.min_notify_interval,
             full_only: config.full_documents,
+            max_body_bytes: config.max_notify_bytes,
+            show_cancelled: !config.hide_cancelled,
+        },
+        default_window: subscription::Window {
+            past: config.window_past,
+            ahead: config.window_ahead,
+            max: config.window_max,
         },
         metrics: metrics.clone(),
         shutdown: token.clone(),
@@ -148,9 +169,13 @@ pub async fn run_with(
     health
         .set_serving::<proto::v1::subscription_service_server::SubscriptionServiceServer<api::SessionService>>()
         .await;
+    // Explicit limits above the body cap: one Notification never ends a session (the
+    // proxy's own receive limit is 16 MiB; the largest body allowed is 4 MiB).
     let service = proto::v1::subscription_service_server::SubscriptionServiceServer::new(
         api::SessionService::new(ctx),
-    );
+    )
+    .max_encoding_message_size(GRPC_MAX_MESSAGE_BYTES)
+    .max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES);
     // With a proxy secret, every Session call must present it (the health service stays open).
     let (plain, guarded) = match &secrets.grpc_secret {
         Some(secret) => (

@@ -111,6 +111,8 @@ pub struct Metrics {
     pub proxy_rejected: Counter,
     /// Directory rows skipped because they could not be decoded.
     pub rows_skipped: Counter,
+    /// Conferences whose text was cut to the per-conference limit.
+    pub conferences_truncated: Counter,
     /// Seconds the oldest running database transaction has been seen running (it holds
     /// the change-log frontier).
     pub change_frontier_age: Gauge,
@@ -188,6 +190,11 @@ impl Metrics {
             "rows_skipped",
             "Directory rows skipped because they could not be decoded (NULL or ill-typed column, invalid UTF-8)",
             m.rows_skipped.clone(),
+        );
+        r.register(
+            "conferences_truncated",
+            "Conferences larger than --max-conference-bytes whose text was truncated (one too large even then is left out and counted in rows_skipped)",
+            m.conferences_truncated.clone(),
         );
         r.register_with_unit(
             "change_frontier_age",

@@ -29,10 +29,11 @@ import {
 } from '../../web/conflist.js';
 
 const USER = 'sip:alice@example.com';
-const doc = (version, state, body = '') =>
-  `<?xml version="1.0" encoding="UTF-8"?><conference-list xmlns="${NAMESPACE}" entity="${USER}" version="${version}" state="${state}">${body}</conference-list>`;
+const doc = (version, state, body = '', rootAttrs = '') =>
+  `<?xml version="1.0" encoding="UTF-8"?><conference-list xmlns="${NAMESPACE}" entity="${USER}" version="${version}" state="${state}"${rootAttrs}>${body}</conference-list>`;
 const conf = (id, inner = '') => `<conference entity="sip:${id}@conf.example.com" state="full">${inner}</conference>`;
-const deleted = (id) => `<conference entity="sip:${id}@conf.example.com" state="deleted"/>`;
+const deleted = (id, reason) =>
+  `<conference entity="sip:${id}@conf.example.com" state="deleted"${reason === undefined ? '' : ` reason="${reason}"`}/>`;
 const subject = (s) => `<conference-description><subject>${s}</subject></conference-description>`;
 const entities = (list) => list.map((c) => c.entity.replace(/^sip:(\d+)@.*$/, '$1'));
 
@@ -57,6 +58,7 @@ test('a full document is parsed into every field of the format', () => {
   const d = parseDocument(xml);
   assert.equal(d.version, 7n);
   assert.equal(d.state, 'full');
+  assert.equal(d.complete, true);
   assert.deepEqual(d.entries, [
     {
       entity: 'sip:1001@conf.example.com',
@@ -73,12 +75,102 @@ test('a full document is parsed into every field of the format', () => {
         availableMedia: [{ label: '1', type: 'audio', displayText: null }],
         start: '2026-11-24T09:00:00Z',
         end: '2026-11-24T10:00:00Z',
+        timeZone: null,
+        recurrence: null,
         role: 'organizer',
+        response: null,
+        status: null,
+        organizer: null,
+        passcodeRequired: null,
+        revision: null,
       },
     },
   ]);
   assert.equal(joinLink(d.entries[0].conference), 'https://meet.example.com/1001');
   assert.equal(titleOf(d.entries[0].conference), 'Roadmap & plans');
+});
+
+test('status, response, organizer, passcode flag, revision, time zone, recurrence, reasons', () => {
+  const xml = doc(
+    3,
+    'partial',
+    `<conference entity="sip:1@x" state="full" revision="r&amp;7"><schedule start="2026-11-24T09:00:00Z" time-zone="Europe/Berlin" ` +
+      `recurrence="FREQ=WEEKLY;BYDAY=TU"/><role>participant</role><response>tentative</response><status>active</status>` +
+      `<organizer><uri>sip:carol@example.com</uri><display-text>Carol</display-text></organizer>` +
+      `<passcode-required>true</passcode-required></conference>` +
+      deleted(2, 'removed') + deleted(3, 'cancelled') + deleted(4, 'out-of-window') + deleted(5) + deleted(6, 'superseded'),
+  );
+  const d = parseDocument(xml);
+  const c = d.entries[0].conference;
+  assert.deepEqual(
+    [c.revision, c.start, c.end, c.timeZone, c.recurrence, c.role, c.response, c.status, c.passcodeRequired],
+    ['r&7', '2026-11-24T09:00:00Z', null, 'Europe/Berlin', 'FREQ=WEEKLY;BYDAY=TU', 'participant', 'tentative', 'active', true],
+  );
+  assert.deepEqual(c.organizer, { uri: 'sip:carol@example.com', displayText: 'Carol' });
+  assert.deepEqual(
+    d.entries.slice(1).map((e) => [e.deleted, e.reason]),
+    [[true, 'removed'], [true, 'cancelled'], [true, 'out-of-window'], [true, null], [true, null]],
+  );
+  assert.equal(statusOf(c), 'live');
+
+  // Lenient where the Rust crate is: tokens trimmed (Unicode white space), ASCII case, `_`.
+  const one = (inner) => parseDocument(doc(0, 'full', conf(1, inner))).entries[0].conference;
+  assert.equal(one('<status>\u0085 Cancelled\n</status>').status, 'cancelled');
+  assert.equal(one('<status>postponed</status>').status, null, 'unknown status tokens read as absent');
+  assert.equal(one('<response> NEEDS_ACTION </response>').response, 'needs-action');
+  assert.equal(one('<response>delegated</response>').response, null);
+  assert.equal(one('<passcode-required> 0 </passcode-required>').passcodeRequired, false);
+  assert.equal(one('<passcode-required>1</passcode-required>').passcodeRequired, true);
+  assert.equal(one('<organizer><uri></uri></organizer>').organizer, null);
+  assert.equal(one('<schedule start="" end="2026-11-24T10:00:00Z"/>').start, null);
+  const reason = (r) => parseDocument(doc(1, 'partial', deleted(1, r))).entries[0].reason;
+  assert.equal(reason(' removed&#10;'), 'removed');
+  assert.equal(reason('REMOVED'), null, 'reasons are case-sensitive, as in Rust');
+  for (const [value, complete] of [['false', false], ['0', false], ['1', true], [' true ', true]]) {
+    assert.equal(parseDocument(doc(0, 'full', '', ` complete="${value}"`)).complete, complete, value);
+  }
+  const errors = [
+    [doc(0, 'full', '', ' complete="no"'), 'bad-attribute'],
+    [doc(0, 'full', conf(1, '<passcode-required>yes</passcode-required>')), 'bad-element'],
+    [doc(0, 'full', conf(1, '<organizer><display-text>x</display-text></organizer>')), 'missing-element'],
+  ];
+  for (const [body, code] of errors) {
+    assert.throws(() => parseDocument(body), (e) => e instanceof DocumentError && e.code === code, body);
+  }
+});
+
+test('a state sent in several NOTIFYs: complete once the last part is applied', () => {
+  const s = new ConferenceListState();
+  assert.equal(s.complete, false, 'nothing held yet');
+  s.apply(doc(0, 'full', conf(1009)));
+  assert.equal(s.complete, true);
+  let r = s.apply(doc(4, 'full', conf(1002) + conf(1001), ' complete="false"'));
+  assert.equal(r.kind, 'applied');
+  assert.equal(r.complete, false);
+  assert.equal(s.complete, false);
+  assert.deepEqual(entities(s.conferences), ['1001', '1002']);
+  r = s.apply(doc(5, 'partial', conf(1004), ' complete="false"'));
+  assert.equal(s.complete, false);
+  r = s.apply(doc(6, 'partial', conf(1003)));
+  assert.equal(r.complete, true);
+  assert.equal(s.complete, true);
+  assert.deepEqual(entities(s.conferences), ['1001', '1002', '1003', '1004']);
+  assert.deepEqual(r.changed, ['sip:1003@conf.example.com']);
+
+  // A lost part is a gap; the list stays incomplete until the new subscription's state is in.
+  s.apply(doc(10, 'full', conf(1001), ' complete="false"'));
+  assert.equal(s.apply(doc(12, 'partial', conf(1003))).kind, 'gap');
+  assert.equal(s.complete, false);
+  s.reset();
+  assert.equal(s.complete, false);
+
+  r = s.apply(doc(0, 'full', conf(1001)));
+  r = s.apply(doc(1, 'partial', deleted(1001, 'out-of-window') + deleted(1005)));
+  assert.deepEqual(r.deleted, [
+    { entity: 'sip:1001@conf.example.com', reason: 'out-of-window' },
+    { entity: 'sip:1005@conf.example.com', reason: null },
+  ]);
+  assert.deepEqual(r.removed, ['sip:1001@conf.example.com']);
 });
 
 test('partials follow the held version; a full document replaces at any version', () => {
@@ -235,7 +327,9 @@ test('status: from the document when it has one, else from the schedule; nearest
 
 /** What conflist.js makes of one step, in the generator's JSON shape. */
 function outcomeOf(result) {
-  if (result.kind === 'applied') return { kind: 'applied', version: String(result.version), conferences: result.conferences };
+  if (result.kind === 'applied') {
+    return { kind: 'applied', version: String(result.version), complete: result.complete, deleted: result.deleted, conferences: result.conferences };
+  }
   if (result.kind === 'gap') return { kind: 'gap', expected: String(result.expected), got: String(result.got) };
   return { kind: 'error', code: result.error.code };
 }
@@ -263,9 +357,29 @@ test('conflist.js agrees with the Rust crate on every step of generated sequence
   const data = rustSequences(Number(process.env.CONFLIST_SEQUENCES_SEED ?? 1), 300);
   const kinds = {};
   for (const s of data.sequences) for (const st of s.steps) kinds[st.outcome.kind + (st.outcome.code ? `:${st.outcome.code}` : '')] = 1;
-  for (const k of ['applied', 'gap', 'error:xml', 'error:deleted-in-full', 'error:bad-attribute', 'error:wrong-root']) {
+  for (const k of ['applied', 'gap', 'error:xml', 'error:deleted-in-full', 'error:bad-attribute', 'error:wrong-root', 'error:bad-element', 'error:missing-element']) {
     assert.ok(kinds[k], `the sequences exercise ${k} (seen: ${Object.keys(kinds).join(', ')})`);
   }
+  // …and the newer fields: incomplete states, every deletion reason, every status and response.
+  const seen = new Set();
+  for (const s of data.sequences) {
+    for (const { outcome: o } of s.steps) {
+      if (o.kind !== 'applied') continue;
+      if (!o.complete) seen.add('incomplete');
+      for (const d of o.deleted) seen.add(`reason:${d.reason}`);
+      for (const c of o.conferences) {
+        seen.add(`status:${c.status}`);
+        seen.add(`response:${c.response}`);
+        seen.add(`organizer:${c.organizer !== null}`);
+        seen.add(`passcode:${c.passcodeRequired}`);
+      }
+    }
+  }
+  const wanted = ['incomplete', 'reason:null', 'organizer:true', 'organizer:false', 'passcode:true', 'passcode:false', 'passcode:null'];
+  for (const t of ['removed', 'cancelled', 'out-of-window']) wanted.push(`reason:${t}`);
+  for (const t of ['scheduled', 'active', 'ended', 'cancelled', null]) wanted.push(`status:${t}`);
+  for (const t of ['needs-action', 'accepted', 'declined', 'tentative', null]) wanted.push(`response:${t}`);
+  for (const w of wanted) assert.ok(seen.has(w), `the sequences exercise ${w}`);
   const { steps, mismatches } = crossCheck(data, { parser: 'builtin' });
   assert.ok(steps >= 3000, `${steps} steps checked`);
   assert.deepEqual(

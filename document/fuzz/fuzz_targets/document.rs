@@ -1,15 +1,17 @@
 //! The document model under arbitrary input, two ways:
 //!
 //! * bytes → `ConferenceList::parse`: never panics; whatever parses renders to a document
-//!   that parses back to the same value (render is a fixed point after one parse).
+//!   that parses back to the same value (render is a fixed point after one parse), of
+//!   exactly `envelope_len() + Σ entry_len` bytes.
 //! * two conference sets built from the bytes → `diff` and `apply`: applying the partial
 //!   document to the old set gives the new one, at the next version, and a full document of
 //!   the new set gives it too; both survive render → parse unchanged.
 #![no_main]
 
 use document::{
-    Conference, ConferenceDescription, ConferenceList, DocumentState, MediaEntry, Schedule,
-    UriEntry, apply, diff, prefer_full,
+    Conference, ConferenceDescription, ConferenceList, DeleteReason, DocumentState, Entry,
+    MediaEntry, Organizer, Response, Schedule, Status, UriEntry, apply, diff, entry_len,
+    prefer_full,
 };
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -37,6 +39,7 @@ fn parsed_bytes(xml: &[u8]) {
         doc.render(),
         "render is not stable after a parse"
     );
+    assert_size(&doc);
     // Applying what a client received never panics, whatever it held.
     let held: Vec<Conference> = match &doc.state {
         DocumentState::Full => Vec::new(),
@@ -44,13 +47,23 @@ fn parsed_bytes(xml: &[u8]) {
             .entries
             .iter()
             .filter_map(|e| match e {
-                document::Entry::Full(c) => Some(c.clone()),
-                document::Entry::Deleted { .. } => None,
+                Entry::Full(c) => Some(c.clone()),
+                Entry::Deleted { .. } => None,
             })
             .collect(),
     };
     let _ = apply(&held, doc.version.checked_sub(1), &doc);
     let _ = apply(&held, Some(doc.version), &doc);
+}
+
+/// The size API is exact.
+fn assert_size(doc: &ConferenceList) {
+    let entries: usize = doc.entries.iter().map(entry_len).sum();
+    assert_eq!(
+        doc.render().len(),
+        doc.envelope_len() + entries,
+        "rendered length != envelope_len + Σ entry_len"
+    );
 }
 
 fn model(u: &mut Unstructured<'_>) -> Result<()> {
@@ -59,7 +72,17 @@ fn model(u: &mut Unstructured<'_>) -> Result<()> {
     let new = conferences(u)?;
     let version: u64 = u.arbitrary()?;
 
-    let partial = diff(&entity, version.wrapping_add(1), &old, &new);
+    let mut partial = diff(&entity, version.wrapping_add(1), &old, &new);
+    // Any reason, any order, either completeness: none of it changes what applies.
+    for e in &mut partial.entries {
+        if let Entry::Deleted { reason, .. } = e {
+            *reason = pick(u, &DeleteReason::ALL)?;
+        }
+    }
+    if u.arbitrary()? {
+        partial.entries.reverse();
+    }
+    partial.complete = u.arbitrary()?;
     let applied = apply(&old, Some(version), &partial);
     if version == u64::MAX {
         assert!(applied.is_err(), "a partial past u64::MAX was accepted");
@@ -68,7 +91,8 @@ fn model(u: &mut Unstructured<'_>) -> Result<()> {
     let applied = applied.expect("a diff applies to the set it was computed from");
     assert_eq!(applied, sorted(&new), "old + diff(old, new) != new");
 
-    let full = ConferenceList::full(entity.clone(), version, new.clone());
+    let mut full = ConferenceList::full(entity.clone(), version, new.clone());
+    full.complete = u.arbitrary()?;
     assert_eq!(apply(&old, Some(version), &full).unwrap(), sorted(&new));
     let _ = prefer_full(&partial, &full);
 
@@ -80,6 +104,8 @@ fn model(u: &mut Unstructured<'_>) -> Result<()> {
             .unwrap_or_else(|e| panic!("rendered document does not parse: {e}\n{doc:?}"));
         assert_eq!(once.version, doc.version);
         assert_eq!(once.state, doc.state);
+        assert_eq!(once.complete, doc.complete);
+        assert_size(doc);
         assert_eq!(once.entries.len(), doc.entries.len(), "entries lost");
         let twice = ConferenceList::parse(&once.render()).unwrap();
         assert_eq!(twice, once, "render/parse is not a fixed point");
@@ -129,9 +155,28 @@ fn conference(u: &mut Unstructured<'_>) -> Result<Conference> {
         schedule: Schedule {
             start: text(u)?,
             end: text(u)?,
+            time_zone: text(u)?,
+            recurrence: text(u)?,
         },
         role: text(u)?,
+        response: pick(u, &Response::ALL)?,
+        status: pick(u, &Status::ALL)?,
+        organizer: match text(u)? {
+            Some(uri) => Some(Organizer {
+                uri,
+                display_text: text(u)?,
+            }),
+            None => None,
+        },
+        passcode_required: u.arbitrary()?,
+        revision: text(u)?,
     })
+}
+
+/// One of `all`, or none.
+fn pick<T: Copy>(u: &mut Unstructured<'_>, all: &[T]) -> Result<Option<T>> {
+    let i = u.int_in_range(0..=all.len())?;
+    Ok(all.get(i).copied())
 }
 
 fn uris(u: &mut Unstructured<'_>) -> Result<Vec<UriEntry>> {

@@ -1,6 +1,8 @@
 //! Documents shared by the integration tests.
 
-use conflist_document::{Conference, ConferenceDescription, MediaEntry, Schedule, UriEntry};
+use conflist_document::{
+    Conference, ConferenceDescription, MediaEntry, Organizer, Response, Schedule, Status, UriEntry,
+};
 
 /// The conference of the format's reference example.
 pub(crate) fn weekly_sync() -> Conference {
@@ -38,8 +40,10 @@ pub(crate) fn weekly_sync() -> Conference {
         schedule: Schedule {
             start: Some("2026-11-24T09:00:00Z".into()),
             end: Some("2026-11-24T10:00:00Z".into()),
+            ..Schedule::default()
         },
         role: Some("organizer".into()),
+        ..Conference::default()
     }
 }
 
@@ -57,5 +61,15 @@ pub(crate) fn maximal() -> Conference {
     c.entity = "sip:max@conf.example.com".into();
     c.description.service_uris[0].display_text = Some("Web".into());
     c.description.available_media[0].display_text = Some("Main audio".into());
+    c.schedule.time_zone = Some("Europe/Berlin".into());
+    c.schedule.recurrence = Some("FREQ=WEEKLY;BYDAY=TU".into());
+    c.response = Some(Response::Accepted);
+    c.status = Some(Status::Scheduled);
+    c.organizer = Some(Organizer {
+        uri: "sip:carol@example.com".into(),
+        display_text: Some("Carol".into()),
+    });
+    c.passcode_required = Some(true);
+    c.revision = Some("2026-11-20T08:15:00.123456Z".into());
     c
 }

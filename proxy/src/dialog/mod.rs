@@ -16,7 +16,7 @@ mod tests;
 
 use crate::notifier::{
     Answer, Challenge, Command, Credentials, Event, Notification, Outcome, Reason, State,
-    SubscriptionId, Verdict,
+    SubscriptionId, Verdict, Window,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -360,6 +360,7 @@ impl Dialogs {
             },
             credentials: checked.credentials,
             client_address: self.client_address.clone(),
+            window: checked.window,
         };
         let mut dialog = dialog;
         dialog.pending.push((request_id, req));
@@ -854,6 +855,7 @@ struct Initial {
     contact: Uri,
     cseq: u32,
     event: String,
+    window: Window,
     accept: Vec<String>,
     expires: Option<u32>,
     credentials: Option<Credentials>,
@@ -901,8 +903,10 @@ fn check_initial(req: &Request, max_route_set_size: usize) -> Result<Initial, Re
         None => return Err(bad("Missing Event").into()),
         Some(Err(_)) => return Err(bad("Bad Event").into()),
         Some(Ok(e)) if e.package != EVENT_PACKAGE => return Err(bad_event(req).into()),
-        Some(Ok(e)) => e.to_string(),
+        Some(Ok(e)) => e,
     };
+    let window = Window::from_event_params(&event.params).map_err(|r| Box::new(bad(r)))?;
+    let event = event.to_string();
     let accept = match sip::parse_accept(&req.headers) {
         Err(_) => return Err(bad("Bad Accept").into()),
         Ok(None) => Vec::new(), // RFC 6665 §4.1.2: no Accept = the package's default type
@@ -967,6 +971,7 @@ fn check_initial(req: &Request, max_route_set_size: usize) -> Result<Initial, Re
         contact,
         cseq: cseq_of(req),
         event,
+        window,
         accept,
         expires,
         credentials,

@@ -3,6 +3,7 @@
 use super::*;
 use crate::notifier::{
     Answer, Challenge, Command, Credentials, Event, Notification, Outcome, Reason, State, Verdict,
+    Window,
 };
 use sip::{Message, Request, Response};
 
@@ -136,9 +137,50 @@ fn initial_subscribe_routes_then_forwards_its_meaning() {
                 credentials: None,
                 flow_identity: None,
                 client_address: String::new(),
+                window: Window::default(),
             }),
         ]
     );
+}
+
+fn with_event(event: &str) -> Request {
+    let raw = subscribe("c1", None, 1, "").to_bytes();
+    let raw = String::from_utf8(raw)
+        .unwrap()
+        .replace("Event: conference-list\r\n", &format!("Event: {event}\r\n"));
+    parse_req(&raw)
+}
+
+#[test]
+fn event_parameters_name_the_window_and_bad_ones_are_a_400() {
+    let mut d = Dialogs::new(cfg(10), "p-0".into(), 7);
+    let actions = d.on_request(
+        with_event("conference-list;past=86400;ahead=1209600;max=200;x=y"),
+        Instant::now(),
+    );
+    let Command::Subscribe { window, .. } = upstream_subscribe(&actions) else {
+        unreachable!()
+    };
+    assert_eq!(
+        *window,
+        Window {
+            past: Some(86_400),
+            ahead: Some(1_209_600),
+            max: Some(200)
+        }
+    );
+    for bad in [
+        "conference-list;max=-1",
+        "conference-list;past",
+        "conference-list;ahead=99999999999",
+        "conference-list;max=1e3",
+    ] {
+        let mut d = Dialogs::new(cfg(10), "p-0".into(), 7);
+        let actions = d.on_request(with_event(bad), Instant::now());
+        let r = response(&actions[0]);
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(r.reason, "Bad Event parameter", "{bad}");
+    }
 }
 
 #[test]

@@ -22,6 +22,7 @@ pub(super) fn to_proto(c: Command) -> ProxyMessage {
             credentials,
             flow_identity,
             client_address,
+            window,
         } => proxy_message::Kind::Subscribe(v1::Subscribe {
             subscription_id: sub,
             request_id,
@@ -34,6 +35,11 @@ pub(super) fn to_proto(c: Command) -> ProxyMessage {
             resume_version: None,
             client_address,
             flow_identity: flow_identity.unwrap_or_default(),
+            window: Some(v1::Window {
+                past_seconds: window.past,
+                ahead_seconds: window.ahead,
+                max_count: window.max,
+            }),
         }),
         Command::Refresh {
             sub,

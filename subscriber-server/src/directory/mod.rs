@@ -13,16 +13,20 @@
 
 pub mod changelog;
 pub mod credentials;
+pub mod recurrence;
+pub mod rows;
 
 use changelog::{RESYNC_MARK, Watch};
 pub use credentials::{NewCredentials, StoredCredentials};
-use document::{Conference, ConferenceDescription, MediaEntry, Schedule, UriEntry};
+use document::Conference;
 use prometheus_client::metrics::counter::Counter;
+use rows::{Columns, ConferenceRow, Decoder, Dialect, Oversize, Queries};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{ColumnIndex, Decode, FromRow, Row};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use tracing::warn;
 
@@ -54,7 +58,15 @@ pub enum DirectoryError {
 pub struct Directory {
     db: Db,
     rows_skipped: Counter,
+    truncated: Counter,
+    /// The queries for the optional columns found ([`Directory::discover_columns`]).
+    queries: Arc<RwLock<Arc<Queries>>>,
+    /// Most bytes one conference may take in a document (`--max-conference-bytes`).
+    max_conference_bytes: usize,
 }
+
+/// The default of `--max-conference-bytes`.
+pub const DEFAULT_MAX_CONFERENCE_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone)]
 enum Db {
@@ -63,70 +75,6 @@ enum Db {
     /// The embedded default (a file or in-memory database).
     Sqlite(SqlitePool),
 }
-
-const POSTGRES_QUERY: &str = r#"
-SELECT c.conference_uri, c.display_text, c.subject, c.free_text, c.keywords, c.web_page,
-       c.maximum_user_count::BIGINT AS maximum_user_count, c.available_media,
-       to_char(c.starts_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS starts_at,
-       to_char(c.ends_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS ends_at,
-       m.role
-FROM conflist_members m
-JOIN conflist_conferences c ON c.conference_uri = m.conference_uri
-WHERE m.user_uri = $1
-ORDER BY c.conference_uri"#;
-
-const SQLITE_QUERY: &str = r#"
-SELECT c.conference_uri, c.display_text, c.subject, c.free_text, c.keywords, c.web_page,
-       c.maximum_user_count, c.available_media,
-       strftime('%Y-%m-%dT%H:%M:%SZ', c.starts_at) AS starts_at,
-       strftime('%Y-%m-%dT%H:%M:%SZ', c.ends_at) AS ends_at,
-       m.role
-FROM conflist_members m
-JOIN conflist_conferences c ON c.conference_uri = m.conference_uri
-WHERE m.user_uri = ?1
-ORDER BY c.conference_uri"#;
-
-const POSTGRES_MANY: &str = r#"
-SELECT m.user_uri, c.conference_uri, c.display_text, c.subject, c.free_text, c.keywords, c.web_page,
-       c.maximum_user_count::BIGINT AS maximum_user_count, c.available_media,
-       to_char(c.starts_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS starts_at,
-       to_char(c.ends_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS ends_at,
-       m.role
-FROM conflist_members m
-JOIN conflist_conferences c ON c.conference_uri = m.conference_uri
-WHERE m.user_uri = ANY($1)
-ORDER BY m.user_uri, c.conference_uri"#;
-
-const POSTGRES_OF_CONFERENCES: &str = r#"
-SELECT m.user_uri, c.conference_uri, c.display_text, c.subject, c.free_text, c.keywords, c.web_page,
-       c.maximum_user_count::BIGINT AS maximum_user_count, c.available_media,
-       to_char(c.starts_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS starts_at,
-       to_char(c.ends_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS ends_at,
-       m.role
-FROM conflist_members m
-JOIN conflist_conferences c ON c.conference_uri = m.conference_uri
-WHERE m.conference_uri = ANY($1)"#;
-
-const SQLITE_MANY: &str = r#"
-SELECT m.user_uri, c.conference_uri, c.display_text, c.subject, c.free_text, c.keywords, c.web_page,
-       c.maximum_user_count, c.available_media,
-       strftime('%Y-%m-%dT%H:%M:%SZ', c.starts_at) AS starts_at,
-       strftime('%Y-%m-%dT%H:%M:%SZ', c.ends_at) AS ends_at,
-       m.role
-FROM conflist_members m
-JOIN conflist_conferences c ON c.conference_uri = m.conference_uri
-WHERE m.user_uri IN (SELECT value FROM json_each(?1))
-ORDER BY m.user_uri, c.conference_uri"#;
-
-const SQLITE_OF_CONFERENCES: &str = r#"
-SELECT m.user_uri, c.conference_uri, c.display_text, c.subject, c.free_text, c.keywords, c.web_page,
-       c.maximum_user_count, c.available_media,
-       strftime('%Y-%m-%dT%H:%M:%SZ', c.starts_at) AS starts_at,
-       strftime('%Y-%m-%dT%H:%M:%SZ', c.ends_at) AS ends_at,
-       m.role
-FROM conflist_members m
-JOIN conflist_conferences c ON c.conference_uri = m.conference_uri
-WHERE m.conference_uri IN (SELECT value FROM json_each(?1))"#;
 
 /// Demo users and conferences (valid SQL on both back-ends, idempotent).
 pub const DEMO_DATA: &str = include_str!("../../demo/demo-data.sql");
@@ -267,22 +215,6 @@ impl LogRead {
     }
 }
 
-/// One row of the contract join, as both back-ends return it.
-#[derive(Debug, sqlx::FromRow)]
-struct ConferenceRow {
-    conference_uri: String,
-    display_text: Option<String>,
-    subject: Option<String>,
-    free_text: Option<String>,
-    keywords: Option<String>,
-    web_page: Option<String>,
-    maximum_user_count: Option<i64>,
-    available_media: Option<String>,
-    starts_at: Option<String>,
-    ends_at: Option<String>,
-    role: String,
-}
-
 /// New log rows on PostgreSQL: those whose transaction is not visible in the previous
 /// snapshot (`txid >= xmax`, or running then) and is visible in the target one; one page.
 const POSTGRES_READ_LOG: &str = "SELECT id, conference_uri FROM conflist_changes \
@@ -316,10 +248,102 @@ impl Directory {
         } else {
             return Err(DirectoryError::UnsupportedUrl);
         };
+        let dialect = match db {
+            Db::Postgres(_) => Dialect::Postgres,
+            Db::Sqlite(_) => Dialect::Sqlite,
+        };
         Ok(Self {
             db,
             rows_skipped: Counter::default(),
+            truncated: Counter::default(),
+            queries: Arc::new(RwLock::new(Arc::new(Queries::build(
+                dialect,
+                &Columns::default(),
+            )))),
+            max_conference_bytes: DEFAULT_MAX_CONFERENCE_BYTES,
         })
+    }
+
+    /// Conferences larger than `bytes` in a document are truncated (or left out when even
+    /// that cannot make them fit), counted in `truncated` / the skipped-rows counter.
+    #[must_use]
+    pub fn with_conference_limit(mut self, bytes: usize, truncated: Counter) -> Self {
+        self.max_conference_bytes = bytes;
+        self.truncated = truncated;
+        self
+    }
+
+    /// Conferences truncated so far.
+    pub fn truncated(&self) -> u64 {
+        self.truncated.get()
+    }
+
+    /// Finds which optional columns of the contract this database has and reads them from
+    /// now on; returns them (for the startup log). Until called, none are read.
+    pub async fn discover_columns(&self) -> Result<Columns, DirectoryError> {
+        use sqlx::{Column, Executor, SqlSafeStr};
+        let names = |cols: &[String]| cols.to_vec();
+        let (conferences, members, dialect) = match &self.db {
+            Db::Postgres(pool) => {
+                let c = pool
+                    .describe("SELECT * FROM conflist_conferences".into_sql_str())
+                    .await?;
+                let m = pool
+                    .describe("SELECT * FROM conflist_members".into_sql_str())
+                    .await?;
+                let name = |d: &sqlx::Describe<sqlx::Postgres>| -> Vec<String> {
+                    d.columns().iter().map(|c| c.name().to_owned()).collect()
+                };
+                (name(&c), name(&m), Dialect::Postgres)
+            }
+            Db::Sqlite(pool) => {
+                let c = pool
+                    .describe("SELECT * FROM conflist_conferences".into_sql_str())
+                    .await?;
+                let m = pool
+                    .describe("SELECT * FROM conflist_members".into_sql_str())
+                    .await?;
+                let name = |d: &sqlx::Describe<sqlx::Sqlite>| -> Vec<String> {
+                    d.columns().iter().map(|c| c.name().to_owned()).collect()
+                };
+                (name(&c), name(&m), Dialect::Sqlite)
+            }
+        };
+        let found = Columns::found(&names(&conferences), &names(&members));
+        let queries = Arc::new(Queries::build(dialect, &found));
+        *self.queries.write().unwrap_or_else(PoisonError::into_inner) = queries;
+        Ok(found)
+    }
+
+    fn queries(&self) -> Arc<Queries> {
+        self.queries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Rows to conferences at this instant (next occurrences are computed for now).
+    fn decoder(&self) -> Decoder {
+        Decoder {
+            now: chrono::Utc::now(),
+            max_conference_bytes: self.max_conference_bytes,
+        }
+    }
+
+    /// One row to its conference; a conference too large even when cut is left out and
+    /// counted with the rows skipped.
+    fn conference(&self, decoder: &Decoder, row: ConferenceRow) -> Option<Conference> {
+        let (c, oversize) = decoder.decode(row);
+        match oversize {
+            Oversize::Fits => {}
+            Oversize::Truncated => {
+                self.truncated.inc();
+            }
+            Oversize::Skipped => {
+                self.rows_skipped.inc();
+            }
+        }
+        c
     }
 
     /// Counts skipped rows in `counter` (the registered `rows_skipped` metric).
@@ -375,20 +399,16 @@ impl Directory {
 
     /// Every conference `user` (an address of record) is a member of, sorted by entity.
     pub async fn conferences_of(&self, user: &str) -> Result<Vec<Conference>, DirectoryError> {
+        let q = self.queries();
+        let sql = sqlx::AssertSqlSafe(q.of_user.as_str());
         let rows: Vec<ConferenceRow> = match &self.db {
-            Db::Postgres(pool) => self.decode(
-                &sqlx::query(POSTGRES_QUERY)
-                    .bind(user)
-                    .fetch_all(pool)
-                    .await?,
-            ),
-            Db::Sqlite(pool) => {
-                self.decode(&sqlx::query(SQLITE_QUERY).bind(user).fetch_all(pool).await?)
-            }
+            Db::Postgres(pool) => self.decode(&sqlx::query(sql).bind(user).fetch_all(pool).await?),
+            Db::Sqlite(pool) => self.decode(&sqlx::query(sql).bind(user).fetch_all(pool).await?),
         };
+        let decoder = self.decoder();
         Ok(rows
             .into_iter()
-            .map(ConferenceRow::into_conference)
+            .filter_map(|r| self.conference(&decoder, r))
             .collect())
     }
 
@@ -401,24 +421,21 @@ impl Directory {
         if users.is_empty() {
             return Ok(out);
         }
+        let q = self.queries();
+        let sql = sqlx::AssertSqlSafe(q.of_users.as_str());
         let rows: Vec<UserConferenceRow> = match &self.db {
-            Db::Postgres(pool) => self.decode(
-                &sqlx::query(POSTGRES_MANY)
-                    .bind(users)
-                    .fetch_all(pool)
-                    .await?,
-            ),
+            Db::Postgres(pool) => self.decode(&sqlx::query(sql).bind(users).fetch_all(pool).await?),
             Db::Sqlite(pool) => self.decode(
-                &sqlx::query(SQLITE_MANY)
+                &sqlx::query(sql)
                     .bind(json_array(users))
                     .fetch_all(pool)
                     .await?,
             ),
         };
+        let decoder = self.decoder();
         for row in rows {
-            out.entry(row.user_uri)
-                .or_default()
-                .push(row.conference.into_conference());
+            let user = out.entry(row.user_uri).or_default();
+            user.extend(self.conference(&decoder, row.conference));
         }
         Ok(out)
     }
@@ -432,23 +449,26 @@ impl Directory {
         if conferences.is_empty() {
             return Ok(Vec::new());
         }
+        let q = self.queries();
+        let sql = sqlx::AssertSqlSafe(q.of_conferences.as_str());
         let rows: Vec<UserConferenceRow> = match &self.db {
-            Db::Postgres(pool) => self.decode(
-                &sqlx::query(POSTGRES_OF_CONFERENCES)
-                    .bind(conferences)
-                    .fetch_all(pool)
-                    .await?,
-            ),
+            Db::Postgres(pool) => {
+                self.decode(&sqlx::query(sql).bind(conferences).fetch_all(pool).await?)
+            }
             Db::Sqlite(pool) => self.decode(
-                &sqlx::query(SQLITE_OF_CONFERENCES)
+                &sqlx::query(sql)
                     .bind(json_array(conferences))
                     .fetch_all(pool)
                     .await?,
             ),
         };
+        let decoder = self.decoder();
         Ok(rows
             .into_iter()
-            .map(|r| (r.user_uri, r.conference.into_conference()))
+            .filter_map(|r| {
+                let c = self.conference(&decoder, r.conference)?;
+                Some((r.user_uri, c))
+            })
             .collect())
     }
 
@@ -708,114 +728,9 @@ fn json_array(items: &[String]) -> String {
     serde_json::Value::from(items.to_vec()).to_string()
 }
 
-impl ConferenceRow {
-    fn into_conference(self) -> Conference {
-        let non_empty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
-        let keywords = self
-            .keywords
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        let available_media = self
-            .available_media
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|m| !m.is_empty())
-            .enumerate()
-            .map(|(i, media)| MediaEntry {
-                label: (i + 1).to_string(),
-                media_type: media.to_owned(),
-                display_text: None,
-            })
-            .collect();
-        let service_uris = non_empty(self.web_page)
-            .map(|uri| UriEntry {
-                uri,
-                display_text: None,
-                purpose: Some("web-page".to_owned()),
-            })
-            .into_iter()
-            .collect();
-        let conf_uris = vec![UriEntry {
-            uri: self.conference_uri.clone(),
-            display_text: None,
-            purpose: Some("participation".to_owned()),
-        }];
-        Conference {
-            description: ConferenceDescription {
-                display_text: non_empty(self.display_text),
-                subject: non_empty(self.subject),
-                free_text: non_empty(self.free_text),
-                keywords,
-                conf_uris,
-                service_uris,
-                // Negative or absurd counts in operator data are omitted, not wrapped.
-                maximum_user_count: self.maximum_user_count.and_then(|n| u32::try_from(n).ok()),
-                available_media,
-            },
-            schedule: Schedule {
-                start: self.starts_at,
-                end: self.ends_at,
-                ..Schedule::default()
-            },
-            role: non_empty(Some(self.role)),
-            entity: self.conference_uri,
-            ..Conference::default()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row() -> ConferenceRow {
-        ConferenceRow {
-            conference_uri: "sip:1@conf.example.com".into(),
-            display_text: Some("Sync".into()),
-            subject: Some("   ".into()),
-            free_text: None,
-            keywords: Some(" a  b ".into()),
-            web_page: Some("https://meet.example.com/1".into()),
-            maximum_user_count: Some(-5),
-            available_media: Some("audio, video,".into()),
-            starts_at: Some("2026-11-24T09:00:00Z".into()),
-            ends_at: None,
-            role: "organizer".into(),
-        }
-    }
-
-    #[test]
-    fn row_maps_to_the_document_model() {
-        let c = row().into_conference();
-        assert_eq!(c.entity, "sip:1@conf.example.com");
-        assert_eq!(c.description.display_text.as_deref(), Some("Sync"));
-        assert_eq!(c.description.subject, None, "blank text is omitted");
-        assert_eq!(c.description.keywords, vec!["a", "b"]);
-        assert_eq!(
-            c.description.maximum_user_count, None,
-            "negative count omitted"
-        );
-        let media: Vec<(&str, &str)> = c
-            .description
-            .available_media
-            .iter()
-            .map(|m| (m.label.as_str(), m.media_type.as_str()))
-            .collect();
-        assert_eq!(media, vec![("1", "audio"), ("2", "video")]);
-        assert_eq!(
-            c.description.conf_uris[0].purpose.as_deref(),
-            Some("participation")
-        );
-        assert_eq!(
-            c.description.service_uris[0].uri,
-            "https://meet.example.com/1"
-        );
-        assert_eq!(c.schedule.start.as_deref(), Some("2026-11-24T09:00:00Z"));
-        assert_eq!(c.role.as_deref(), Some("organizer"));
-    }
 
     #[test]
     fn snapshots_round_trip_through_their_text_form() {

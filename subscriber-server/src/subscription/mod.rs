@@ -7,9 +7,11 @@
 
 mod notify;
 mod registry;
+pub mod view;
 
-pub use notify::{NotifyPolicy, Plan, STALE_IN_FLIGHT, plan};
+pub use notify::{DEFAULT_MAX_BODY_BYTES, NotifyPolicy, Plan, STALE_IN_FLIGHT, plan};
 pub use registry::{Delivered, Registry, Subscription};
+pub use view::Window;
 
 /// The only event package this service serves.
 pub const EVENT_PACKAGE: &str = "conference-list";
@@ -42,6 +44,8 @@ pub struct SubscribeRequest {
     pub accept: Vec<String>,
     /// Requested seconds; `None` = default.
     pub expires: Option<u32>,
+    /// The part of the list asked for (before the server's defaults).
+    pub window: Window,
 }
 
 /// Why a request is refused; mapped to a proto AnswerStatus (and so a SIP status) in `api`.
@@ -166,6 +170,7 @@ mod tests {
             event: "conference-list".into(),
             accept: vec![],
             expires: Some(600),
+            window: Window::default(),
         }
     }
 

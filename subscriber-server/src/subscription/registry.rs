@@ -1,6 +1,7 @@
 //! The live subscriptions of one proxy session: versions, what each client holds, delivery
 //! and rate-control state, and the deadlines (expiry, deferred sends) — all sans-IO.
 
+use super::view::{View, Window};
 use document::Conference;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -31,6 +32,16 @@ pub struct Subscription {
     pub owed: bool,
     /// When the last Notification was sent (rate control).
     pub last_sent: Option<Instant>,
+    /// The part of the list asked for.
+    pub window: Window,
+    /// The list as this subscription shows it (window, hidden cancelled meetings), kept
+    /// while it holds.
+    pub view: Option<View>,
+    /// The last Notification left a large state incomplete: the next part goes out as soon
+    /// as it is answered, not held back by the rate limit.
+    pub continuing: bool,
+    /// A fetch (`Expires: 0`): it ends when its state has gone out.
+    pub fetch: bool,
 }
 
 impl Subscription {
@@ -46,7 +57,25 @@ impl Subscription {
             pending: false,
             owed: false,
             last_sent: None,
+            window: Window::default(),
+            view: None,
+            continuing: false,
+            fetch: false,
         }
+    }
+
+    /// The same subscription showing `window` of the list.
+    #[must_use]
+    pub fn with_window(mut self, window: Window) -> Self {
+        self.window = window;
+        self.view = None;
+        self
+    }
+
+    /// When the shown part of the list next changes with time alone (a conference enters
+    /// or leaves the window): plan again then.
+    pub fn review_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.view.as_ref().and_then(|v| v.valid_until)
     }
 
     /// The same subscription bound to `identity`.

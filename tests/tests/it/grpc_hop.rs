@@ -138,6 +138,7 @@ impl Hop {
             resume_version: None,
             client_address: "192.0.2.10:5060".into(),
             flow_identity: flow_identity.into(),
+            window: None,
         }))
         .await;
     }

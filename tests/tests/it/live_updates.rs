@@ -32,7 +32,7 @@ fn entities(doc: &document::ConferenceList) -> Vec<(&str, bool)> {
         .iter()
         .map(|e| match e {
             Entry::Full(c) => (c.entity.as_str(), true),
-            Entry::Deleted { entity } => (entity.as_str(), false),
+            Entry::Deleted { entity, .. } => (entity.as_str(), false),
         })
         .collect()
 }

@@ -82,7 +82,7 @@ async fn an_operator_schema_mapped_with_views_gets_live_updates() {
     )
     .await;
     let doc = view.next(&mut frank).await.unwrap().1.unwrap();
-    assert!(matches!(&doc.entries[..], [Entry::Deleted { entity }] if entity == BOARD));
+    assert!(matches!(&doc.entries[..], [Entry::Deleted { entity, .. }] if entity == BOARD));
     exec(
         &mut conn,
         "BEGIN; INSERT INTO rooms (id, title) VALUES (3, 'Retro'); \

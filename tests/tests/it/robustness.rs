@@ -67,7 +67,7 @@ async fn a_bad_row_costs_only_its_conference() {
     // For dave the row is skipped: 1004 goes away from his list, nothing else.
     let doc = dave_view.next(&mut dave).await.unwrap().1.unwrap();
     assert_eq!(doc.state, DocumentState::Partial);
-    assert!(matches!(&doc.entries[..], [Entry::Deleted { entity }] if entity == C1004));
+    assert!(matches!(&doc.entries[..], [Entry::Deleted { entity, .. }] if entity == C1004));
     assert_eq!(
         dave_view.entities(),
         ["sip:1003@conf.example.com", "sip:1005@conf.example.com"]
