@@ -55,7 +55,6 @@ const GRPC_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// [`run`] with the secrets and keys already read (`main` reads them first so that bad
 /// files exit with code 64).
-
 pub async fn run_with(
     config: Config,
     secrets: config::Secrets,

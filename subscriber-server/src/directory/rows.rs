@@ -311,7 +311,7 @@ impl Decoder {
             row.ends_at,
             non_empty(row.time_zone),
             non_empty(row.recurrence),
-            non_empty(row.recurrence_exdates),
+            non_empty(row.recurrence_exdates).as_deref(),
         );
         let token = |column: &str, value: Option<String>, parse: &dyn Fn(&str) -> bool| {
             let value = non_empty(value)?;
@@ -368,7 +368,7 @@ impl Decoder {
         end: Option<String>,
         time_zone: Option<String>,
         rrule: Option<String>,
-        exdate: Option<String>,
+        exdate: Option<&str>,
     ) -> Schedule {
         let time_zone = time_zone.filter(|tz| match recurrence::parse_time_zone(tz) {
             Ok(_) => true,
@@ -398,13 +398,18 @@ impl Decoder {
             end: schedule.end.as_deref().and_then(parse_time),
             time_zone: schedule.time_zone.as_deref(),
             rrule: &rule,
-            exdate: exdate.as_deref(),
+            exdate,
         };
         match recurrence::next_occurrence(&series, self.now) {
             Ok(next) => {
                 schedule.start = Some(format_time(next.start));
                 schedule.end = next.end.map(format_time);
-                schedule.recurrence = Some(rule.trim().trim_start_matches("RRULE:").to_owned());
+                let rule = rule.trim();
+                let rule = match rule.get(..6) {
+                    Some(p) if p.eq_ignore_ascii_case("RRULE:") => &rule[6..],
+                    _ => rule,
+                };
+                schedule.recurrence = Some(rule.to_owned());
             }
             Err(e) => {
                 warn!(conference, error = %e, "recurrence cannot be evaluated; the series' own times are shown");

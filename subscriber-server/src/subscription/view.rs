@@ -264,7 +264,7 @@ mod tests {
         let l = list();
         let mut refs: Vec<&Conference> = l.iter().collect();
         sort_nearest_first(&mut refs, at(NOW));
-        let order: Vec<String> = entities(refs.into_iter());
+        let order: Vec<String> = entities(refs);
         let n = |i: u32| format!("sip:{i}@conf.example.com");
         assert_eq!(order, vec![n(2), n(5), n(4), n(3), n(6), n(1)]);
 
