@@ -11,6 +11,9 @@ use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// The event package's name, the default [`SipWsClient::event`].
+pub const EVENT: &str = "conference-list";
+
 /// One WebSocket connection to the proxy.
 #[derive(Debug)]
 pub struct SipWsClient {
@@ -22,6 +25,9 @@ pub struct SipWsClient {
     pub auth: Auth,
     /// The Authorization value of the last digest answer `subscribe` sent.
     pub last_authorization: Option<String>,
+    /// The Event header value of the SUBSCRIBEs this client builds (`conference-list`;
+    /// set e.g. `conference-list;past=3600` to ask for a window).
+    pub event: String,
 }
 
 /// An established subscription dialog, from the subscriber's side.
@@ -65,6 +71,7 @@ impl SipWsClient {
             branch: 0,
             auth: Auth::None,
             last_authorization: None,
+            event: EVENT.to_owned(),
         })
     }
 
@@ -96,6 +103,7 @@ impl SipWsClient {
             branch: 0,
             auth: Auth::None,
             last_authorization: None,
+            event: EVENT.to_owned(),
         })
     }
 
@@ -190,7 +198,7 @@ impl SipWsClient {
         extra: &str,
     ) -> String {
         let branch = self.next_branch();
-        let id = &self.id;
+        let (id, event) = (&self.id, &self.event);
         format!(
             "SUBSCRIBE sip:{user}@example.com SIP/2.0\r\n\
              Via: SIP/2.0/WSS {id}.invalid;branch={branch}\r\n\
@@ -200,7 +208,7 @@ impl SipWsClient {
              Call-ID: {call_id}\r\n\
              CSeq: {cseq} SUBSCRIBE\r\n\
              Contact: <sip:{id}@{id}.invalid;transport=ws>\r\n\
-             Event: conference-list\r\n\
+             Event: {event}\r\n\
              {extra}\
              Content-Length: 0\r\n\r\n"
         )
@@ -302,7 +310,7 @@ impl SipWsClient {
     ) -> Result<()> {
         d.cseq += 1;
         let branch = self.next_branch();
-        let id = &self.id;
+        let (id, event) = (&self.id, &self.event);
         let (user, call_id, from_tag, to_tag, cseq) =
             (&d.user, &d.call_id, &d.from_tag, &d.to_tag, d.cseq);
         let req = format!(
@@ -314,7 +322,7 @@ impl SipWsClient {
              Call-ID: {call_id}\r\n\
              CSeq: {cseq} SUBSCRIBE\r\n\
              Contact: <sip:{id}@{id}.invalid;transport=ws>\r\n\
-             Event: conference-list\r\n\
+             Event: {event}\r\n\
              Expires: {expires}\r\n\
              {extra}\
              Content-Length: 0\r\n\r\n"
@@ -345,6 +353,19 @@ fn start_line(m: &Message) -> String {
     }
 }
 
+/// Receives a whole state on `client` (see [`ListView::until_complete`]): the list, sorted
+/// by entity, and every NOTIFY with its document.
+pub async fn receive_complete(
+    client: &mut SipWsClient,
+) -> Result<(
+    Vec<document::Conference>,
+    Vec<(Request, document::ConferenceList)>,
+)> {
+    let mut view = ListView::default();
+    let parts = view.until_complete(client).await?;
+    Ok((view.conferences, parts))
+}
+
 /// A subscriber's view of its list: applies every document as a client would (full replaces,
 /// partial patches, a version gap is an error) and answers each NOTIFY with 200.
 #[derive(Debug, Default)]
@@ -372,6 +393,27 @@ impl ListView {
             .map_err(|e| anyhow!("applying version {}: {e}", doc.version))?;
         self.version = Some(doc.version);
         Ok((notify, Some(doc)))
+    }
+
+    /// Receives, answers and applies NOTIFYs until the state is complete: a document without
+    /// `complete="false"` (a large state comes as a full document marked incomplete, then
+    /// partials). Returns every NOTIFY with its document, in order; [`Self::conferences`]
+    /// is then the whole list. A NOTIFY without a body is an error.
+    pub async fn until_complete(
+        &mut self,
+        client: &mut SipWsClient,
+    ) -> Result<Vec<(Request, document::ConferenceList)>> {
+        let mut parts = Vec::new();
+        loop {
+            let (notify, doc) = self.next(client).await?;
+            let doc =
+                doc.with_context(|| format!("NOTIFY without a body after {} parts", parts.len()))?;
+            let complete = doc.complete;
+            parts.push((notify, doc));
+            if complete {
+                return Ok(parts);
+            }
+        }
     }
 
     /// Entities held, sorted.

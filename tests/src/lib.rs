@@ -16,7 +16,7 @@ pub use auth::Auth;
 pub use client::{ListView, SipWsClient, Subscription};
 pub use db::TestDb;
 pub use process::{
-    Proxy, Server, ServerOptions, set_password, spawn_proxy, spawn_proxy_to, spawn_server,
+    Log, Proxy, Server, ServerOptions, set_password, spawn_proxy, spawn_proxy_to, spawn_server,
     start_proxy,
 };
 

@@ -44,6 +44,9 @@ pub struct ServerOptions {
     /// something else; the sign-in tests turn it on.
     pub auth: bool,
     pub extra_args: Vec<String>,
+    /// Keep the server's log (standard error) in [`Server::log`]; with `CONFLIST_TEST_LOGS`
+    /// it is also printed.
+    pub capture_log: bool,
 }
 
 impl Default for ServerOptions {
@@ -54,6 +57,7 @@ impl Default for ServerOptions {
             grpc_listen: None,
             auth: false,
             extra_args: Vec::new(),
+            capture_log: false,
         }
     }
 }
@@ -67,6 +71,67 @@ pub struct Server {
     /// `host:port` of the gRPC listener.
     pub grpc_addr: String,
     pub admin: String,
+    /// Its log lines, when started with [`ServerOptions::capture_log`].
+    pub log: Log,
+}
+
+/// Log lines of a process, kept as they arrive (at most [`Log::MAX_LINES`]).
+#[derive(Debug, Clone, Default)]
+pub struct Log {
+    inner: std::sync::Arc<LogInner>,
+}
+
+#[derive(Debug, Default)]
+struct LogInner {
+    lines: std::sync::Mutex<Vec<String>>,
+    added: tokio::sync::Notify,
+    captured: std::sync::atomic::AtomicBool,
+}
+
+impl Log {
+    /// Lines kept; later ones are dropped.
+    pub const MAX_LINES: usize = 10_000;
+
+    fn push(&self, line: String) {
+        if let Ok(mut lines) = self.inner.lines.lock()
+            && lines.len() < Self::MAX_LINES
+        {
+            lines.push(line);
+        }
+        self.inner.added.notify_waiters();
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.inner
+            .lines
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    }
+
+    /// The first line containing `needle`, waiting for it at most [`crate::EVENT_TIMEOUT`].
+    pub async fn wait_for(&self, needle: &str) -> Result<String> {
+        if !self
+            .inner
+            .captured
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            bail!("the log is not captured (ServerOptions::capture_log)");
+        }
+        let deadline = tokio::time::Instant::now() + crate::EVENT_TIMEOUT;
+        loop {
+            let added = self.inner.added.notified();
+            tokio::pin!(added);
+            added.as_mut().enable();
+            if let Some(line) = self.lines().into_iter().find(|l| l.contains(needle)) {
+                return Ok(line);
+            }
+            if tokio::time::timeout_at(deadline, added).await.is_err() {
+                bail!("no log line with {needle:?} within the timeout");
+            }
+        }
+    }
 }
 
 /// A running `conflist-proxy`.
@@ -100,12 +165,15 @@ pub async fn spawn_server(database_url: &str, opts: &ServerOptions) -> Result<Se
         cmd.args(["--auth", "off"]);
     }
     cmd.args(&opts.extra_args);
-    let (child, fields) = start(cmd, &["grpc", "admin"]).await?;
+    let log = Log::default();
+    let (child, fields, _) =
+        start_line(cmd, &["grpc", "admin"], opts.capture_log.then_some(&log)).await?;
     Ok(Server {
         child,
         grpc: format!("http://{}", fields[0]),
         grpc_addr: fields[0].clone(),
         admin: fields[1].clone(),
+        log,
     })
 }
 
@@ -136,7 +204,7 @@ pub async fn start_proxy(servers: &str, extra_args: &[&str]) -> Result<Proxy> {
         "3s",
     ]);
     cmd.args(extra_args);
-    let (child, fields, line) = start_line(cmd, &["ws", "admin"]).await?;
+    let (child, fields, line) = start_line(cmd, &["ws", "admin"], None).await?;
     Ok(Proxy {
         child,
         ws_url: fields[0].clone(),
@@ -163,14 +231,16 @@ pub fn terminate(child: &Child) -> Result<()> {
     Ok(())
 }
 
-async fn start(cmd: Command, keys: &[&str]) -> Result<(Child, Vec<String>)> {
-    let (child, fields, _) = start_line(cmd, keys).await?;
-    Ok((child, fields))
-}
-
-async fn start_line(mut cmd: Command, keys: &[&str]) -> Result<(Child, Vec<String>, String)> {
+async fn start_line(
+    mut cmd: Command,
+    keys: &[&str],
+    capture: Option<&Log>,
+) -> Result<(Child, Vec<String>, String)> {
+    let print = std::env::var_os("CONFLIST_TEST_LOGS").is_some();
     cmd.stdout(Stdio::piped())
-        .stderr(if std::env::var_os("CONFLIST_TEST_LOGS").is_some() {
+        .stderr(if capture.is_some() {
+            Stdio::piped()
+        } else if print {
             Stdio::inherit()
         } else {
             Stdio::null()
@@ -178,6 +248,22 @@ async fn start_line(mut cmd: Command, keys: &[&str]) -> Result<(Child, Vec<Strin
         .env("RUST_LOG", "info")
         .kill_on_drop(true);
     let mut child = cmd.spawn().context("spawn")?;
+    if let Some(log) = capture {
+        log.inner
+            .captured
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let stderr = child.stderr.take().context("no stderr")?;
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if print {
+                    eprintln!("{line}");
+                }
+                log.push(line);
+            }
+        });
+    }
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
@@ -263,4 +349,14 @@ pub async fn set_password(database_url: &str, user: &str, password: &str) -> Res
         bail!("set-password printed the password: {printed}");
     }
     Ok(())
+}
+
+/// The value of the unlabelled counter or gauge `name` (e.g. `conflist_server_sessions`,
+/// `conflist_proxy_notifies_total`) on the admin endpoint `addr`.
+pub async fn metric(addr: &str, name: &str) -> Result<f64> {
+    let (_, body) = http_get(addr, "/metrics").await?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no {name} in /metrics of {addr}"))
 }

@@ -229,9 +229,19 @@ async fn with_a_hop_secret_only_callers_presenting_it_get_sessions() {
     assert_eq!(n.subscription_id, "s1");
     assert_eq!(n.version, 0);
     assert_eq!(n.content_type, document::CONTENT_TYPE);
-    let body = String::from_utf8(n.body).unwrap();
-    assert!(body.contains(ALICE), "{body}");
-    assert!(!body.contains("sip:bob@example.com"), "{body}");
+    let doc = document::ConferenceList::parse(&n.body).unwrap();
+    assert_eq!(doc.entity, ALICE);
+    let mut entities: Vec<&str> = doc.entries.iter().map(document::Entry::entity).collect();
+    entities.sort_unstable();
+    assert_eq!(
+        entities,
+        [
+            "sip:1001@conf.example.com",
+            "sip:1002@conf.example.com",
+            "sip:1003@conf.example.com"
+        ],
+        "alice's conferences, none of bob's others"
+    );
     hop.unsubscribe("s1").await;
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -6,8 +6,11 @@ use conflist_tests::client::document_of;
 use conflist_tests::{ServerOptions, SipWsClient};
 use sip::{HeaderName, SubscriptionState};
 
+/// The entities of a document, sorted (documents list the nearest conference first).
 fn entities(doc: &document::ConferenceList) -> Vec<String> {
-    doc.entries.iter().map(|e| e.entity().to_owned()).collect()
+    let mut entities: Vec<String> = doc.entries.iter().map(|e| e.entity().to_owned()).collect();
+    entities.sort();
+    entities
 }
 
 fn state(notify: &sip::Request) -> SubscriptionState {
