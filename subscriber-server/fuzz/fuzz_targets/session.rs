@@ -61,6 +61,7 @@ fn admission(u: &mut Unstructured<'_>) -> Result<()> {
             subscriber: aor(u)?,
             requester: aor(u)?,
             event: (*u.choose(&["conference-list", "presence", "", "Conference-List"])?).to_owned(),
+            window: Default::default(),
             accept: (0..u.int_in_range(0..=3)?)
                 .map(|_| {
                     Ok(match u.int_in_range(0..=3)? {
@@ -200,7 +201,13 @@ fn delivery(u: &mut Unstructured<'_>) -> Result<()> {
     let policy = NotifyPolicy {
         min_interval: Duration::from_millis(u.int_in_range(0..=5_000)?),
         full_only: u.ratio(1, 4)?,
+        // Small caps too, so that states go out in several parts.
+        max_body_bytes: u.int_in_range(300..=65_536)?,
+        show_cancelled: u.ratio(3, 4)?,
     };
+    // The wall clock moves with `now`, from a fixed instant.
+    let epoch =
+        chrono::DateTime::<chrono::Utc>::from_timestamp(1_795_000_000, 0).expect("a valid instant");
     let start = Instant::now();
     let mut now = start;
     let subscriber = "sip:alice@example.com".to_owned();
@@ -225,7 +232,9 @@ fn delivery(u: &mut Unstructured<'_>) -> Result<()> {
             _ => {
                 let owed = u.ratio(1, 4)?;
                 let in_flight_since = sub.in_flight.and(sub.last_sent);
-                match plan(&mut sub, &latest, now, owed, policy) {
+                let wall = epoch
+                    + chrono::Duration::from_std(now - start).expect("fuzz time spans are short");
+                match plan(&mut sub, &latest, now, wall, owed, policy) {
                     Plan::Nothing | Plan::Defer(_) => {}
                     Plan::Send(doc) => {
                         if let Some(since) = in_flight_since {
@@ -258,12 +267,16 @@ fn delivery(u: &mut Unstructured<'_>) -> Result<()> {
                                     wire.state, wire.version
                                 )
                             });
-                            assert_eq!(
-                                next,
-                                canonical(&latest),
-                                "client does not hold the latest list after v{}",
-                                wire.version
-                            );
+                            // A part of a large state leaves the list incomplete; the
+                            // last part completes it.
+                            if wire.complete {
+                                assert_eq!(
+                                    next,
+                                    canonical(&latest),
+                                    "client does not hold the latest list after v{}",
+                                    wire.version
+                                );
+                            }
                             client = Some((wire.version, next));
                             answerable.push(wire.version);
                         }
@@ -285,13 +298,22 @@ fn delivery(u: &mut Unstructured<'_>) -> Result<()> {
         let _ = sub.delivered(version);
     }
     now += STALE_IN_FLIGHT + policy.min_interval + Duration::from_secs(1);
-    if let Plan::Send(doc) = plan(&mut sub, &latest, now, false, policy) {
+    let wall = epoch + chrono::Duration::from_std(now - start).expect("fuzz time spans are short");
+    // Every part of the final state, each answered at once.
+    for _ in 0..10_000 {
+        let Plan::Send(doc) = plan(&mut sub, &latest, now, wall, false, policy) else {
+            break;
+        };
         let (held_version, held) = match &client {
             Some((v, l)) => (Some(*v), l.as_slice()),
             None => (None, &[][..]),
         };
         let next = apply(held, held_version, &doc).expect("final document applies");
         client = Some((doc.version, next));
+        let _ = sub.delivered(doc.version);
+        if doc.complete {
+            break;
+        }
     }
     if let Some((_, held)) = &client {
         assert_eq!(held, &canonical(&latest), "client did not converge");
