@@ -830,7 +830,7 @@ impl Session {
                     if let Some(sub) = self.registry.get_mut(id) {
                         // Forget what the client holds: the next Notification is full state
                         // (after the one in flight, if any).
-                        sub.sent = None;
+                        sub.forget_sent();
                     }
                 }
                 let _ = reply.send(ids.len());

@@ -243,6 +243,11 @@ async fn run_session(
             Ok(ep) => {
                 let ep = ep
                     .connect_timeout(Duration::from_secs(5))
+                    .tcp_nodelay(true)
+                    // Windows above the largest NOTIFY body: a Notification never waits
+                    // for a WINDOW_UPDATE (HTTP/2's default window is 64 KiB).
+                    .initial_stream_window_size(4 * 1024 * 1024)
+                    .initial_connection_window_size(16 * 1024 * 1024)
                     .http2_keep_alive_interval(Duration::from_secs(20))
                     .keep_alive_timeout(Duration::from_secs(10));
                 tokio::select! {

@@ -9,6 +9,7 @@
 //! after the previous one, so a change that arrives meanwhile is folded into the next part.
 
 use super::Subscription;
+use super::registry::Backlog;
 use super::view::{View, sort_nearest_first};
 use chrono::{DateTime, Utc};
 use document::{Conference, ConferenceList, DeleteReason, DocumentState, Entry};
@@ -75,7 +76,7 @@ pub fn plan(
         // Whether the client got it is unknown: send full state, which a client accepts at
         // any version, so nothing is lost either way.
         sub.in_flight = None;
-        sub.sent = None;
+        sub.forget_sent();
     }
     if !sub.view.as_ref().is_some_and(|v| v.holds(latest, wall)) {
         sub.view = Some(View::new(latest, &sub.window, policy.show_cancelled, wall));
@@ -84,6 +85,13 @@ pub fn plan(
         return Plan::Nothing;
     };
     let shown = view.shown.clone();
+    if let Some(backlog) = sub.backlog.take() {
+        if Arc::ptr_eq(&backlog.shown, &shown) {
+            return next_part(sub, backlog, now, policy);
+        }
+        // The list changed during a large state: diff against what the client holds now.
+        sub.sent = Some(Arc::new(backlog.held()));
+    }
     // The cache swaps in a new list only when it changed, so identity is enough here; a
     // new list equal to the held one yields an empty diff below, sent only when owed.
     let current = sub.sent.as_ref().is_some_and(|s| Arc::ptr_eq(s, &shown));
@@ -156,13 +164,57 @@ pub fn plan(
     }
     doc.complete = taken == changes.len();
     doc.entries = changes[..taken].iter().map(Change::to_entry).collect();
-    sub.sent = Some(if doc.complete {
-        shown
+    if doc.complete {
+        sub.sent = Some(shown);
     } else {
-        let held: &[Conference] = held.as_deref().map_or(&[], |h| h.as_slice());
-        // Applying our own document cannot fail: a partial follows the held version.
-        Arc::new(document::apply(held, None, &doc).unwrap_or_default())
-    });
+        // The rest goes out part by part without diffing again, unless the list changes.
+        let rest = changes[taken..].iter().map(Change::to_entry).collect();
+        drop(changes);
+        sub.backlog = Some(Backlog {
+            shown: shown.clone(),
+            // A full document replaced whatever the client held.
+            base: held.clone().filter(|_| state == DocumentState::Partial),
+            rest,
+        });
+        sub.sent = None;
+    }
+    sub.in_flight = Some(doc.version);
+    sub.pending = !doc.complete;
+    sub.continuing = !doc.complete;
+    sub.owed = false;
+    sub.last_sent = Some(now);
+    Plan::Send(doc)
+}
+
+/// The next part of a large state whose list has not changed since its first part.
+fn next_part(
+    sub: &mut Subscription,
+    mut backlog: Backlog,
+    now: Instant,
+    policy: NotifyPolicy,
+) -> Plan {
+    let mut doc = ConferenceList {
+        entity: sub.subscriber.clone(),
+        version: sub.take_version(),
+        state: DocumentState::Partial,
+        entries: Vec::new(),
+        complete: false,
+    };
+    let mut used = doc.envelope_len();
+    while let Some(next) = backlog.rest.front() {
+        let len = document::entry_len(next);
+        if !doc.entries.is_empty() && used + len > policy.max_body_bytes {
+            break;
+        }
+        used += len;
+        doc.entries.extend(backlog.rest.pop_front());
+    }
+    doc.complete = backlog.rest.is_empty();
+    if doc.complete {
+        sub.sent = Some(backlog.shown);
+    } else {
+        sub.backlog = Some(backlog);
+    }
     sub.in_flight = Some(doc.version);
     sub.pending = !doc.complete;
     sub.continuing = !doc.complete;
@@ -683,6 +735,57 @@ mod tests {
                 want.sort_by(|a, b| a.entity.cmp(&b.entity));
                 proptest::prop_assert_eq!(&held, &want);
             }
+        }
+
+        /// The list changes while a large state is going out in parts: whatever happens in
+        /// between, once the parts stop the client holds the latest list, versions contiguous.
+        #[test]
+        fn changes_between_the_parts_of_a_large_state_are_never_lost(
+            steps in proptest::collection::vec(
+                proptest::collection::btree_map(0u32..40, "[a-z<&\"]{1,6}", 0..30),
+                1..12,
+            ),
+            max_body_bytes in 400usize..4000,
+        ) {
+            let policy = NotifyPolicy {
+                min_interval: Duration::from_millis(10),
+                max_body_bytes,
+                ..POLICY
+            };
+            let t0 = Instant::now();
+            let mut sub = Subscription::new("sip:p@example.com".into(), t0, 0);
+            let mut held: Vec<Conference> = Vec::new();
+            let mut held_version: Option<u64> = None;
+            let mut latest = Arc::new(Vec::new());
+            let mut receive = |sub: &mut Subscription, latest: &Arc<Vec<Conference>>, now| {
+                sub.in_flight = None;
+                match plan(sub, latest, now, wall(), false, policy) {
+                    Plan::Send(doc) => {
+                        let body = doc.render();
+                        assert!(body.len() <= max_body_bytes || doc.entries.len() == 1);
+                        let doc = ConferenceList::parse(&body).unwrap();
+                        held = document::apply(&held, held_version, &doc).unwrap();
+                        held_version = Some(doc.version);
+                        !doc.complete
+                    }
+                    Plan::Nothing => false,
+                    Plan::Defer(_) => panic!("steps are a second apart"),
+                }
+            };
+            for (i, step) in steps.iter().enumerate() {
+                latest = Arc::new(step.iter().map(|(n, s)| conf(*n, s)).collect());
+                // One part per step: the next step's change lands mid-state.
+                receive(&mut sub, &latest, t0 + Duration::from_secs(i as u64 + 1));
+            }
+            let end = t0 + Duration::from_secs(100);
+            for _ in 0..1000 {
+                if !receive(&mut sub, &latest, end) {
+                    break;
+                }
+            }
+            let mut want = latest.to_vec();
+            want.sort_by(|a, b| a.entity.cmp(&b.entity));
+            proptest::prop_assert_eq!(&held, &want);
         }
     }
 }

@@ -2,8 +2,8 @@
 //! and rate-control state, and the deadlines (expiry, deferred sends) — all sans-IO.
 
 use super::view::{View, Window};
-use document::Conference;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use document::{Conference, Entry};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -42,6 +42,42 @@ pub struct Subscription {
     pub continuing: bool,
     /// A fetch (`Expires: 0`): it ends when its state has gone out.
     pub fetch: bool,
+    /// The rest of a large state being sent in parts; while set, it (not `sent`) says what
+    /// the client holds.
+    pub backlog: Option<Backlog>,
+}
+
+/// The parts of a large state not sent yet.
+#[derive(Debug, Clone)]
+pub struct Backlog {
+    /// The list the parts complete.
+    pub shown: Arc<Vec<Conference>>,
+    /// What the client held before the first part (`None`: nothing, a full document).
+    pub base: Option<Arc<Vec<Conference>>>,
+    /// The entries still to send, nearest first.
+    pub rest: VecDeque<Entry>,
+}
+
+impl Backlog {
+    /// What the client holds now: `shown` with the entries not sent yet undone.
+    pub fn held(&self) -> Vec<Conference> {
+        let base: HashMap<&str, &Conference> = self
+            .base
+            .iter()
+            .flat_map(|b| b.iter())
+            .map(|c| (c.entity.as_str(), c))
+            .collect();
+        let mut held: std::collections::BTreeMap<&str, &Conference> =
+            self.shown.iter().map(|c| (c.entity.as_str(), c)).collect();
+        for entry in &self.rest {
+            let entity = entry.entity();
+            match base.get(entity) {
+                Some(before) => held.insert(entity, before),
+                None => held.remove(entity),
+            };
+        }
+        held.into_values().cloned().collect()
+    }
 }
 
 impl Subscription {
@@ -61,7 +97,14 @@ impl Subscription {
             view: None,
             continuing: false,
             fetch: false,
+            backlog: None,
         }
+    }
+
+    /// Forgets what the client holds: the next Notification is full state.
+    pub fn forget_sent(&mut self) {
+        self.sent = None;
+        self.backlog = None;
     }
 
     /// The same subscription showing `window` of the list.
