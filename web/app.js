@@ -4,6 +4,12 @@
 // Settings come from the JSON block the proxy renders (#conflist-config): title, wsUrl (null:
 // this page's host, ws: or wss: as the page) and sipDomain (completes a bare user name).
 // JsSIP is the vendored build (/vendor/jssip.min.js, the global `JsSIP`).
+//
+// Each conference shows its title, time (the next occurrence of a recurring meeting, with a
+// "repeats" hint; the meeting's own time zone too when it differs from the browser's), a status
+// badge (live, upcoming, scheduled, ended, cancelled: struck through), the role, the invitation
+// response, the organiser, a lock when a passcode is required, and the join link. A list sent in
+// several NOTIFYs shows "Loading…" until its last part is in.
 
 import {
   CONTENT_TYPE,
@@ -25,6 +31,8 @@ const BACKOFF_MIN_MS = 1_000;
 const BACKOFF_MAX_MS = 30_000;
 /** How long a changed conference stays highlighted. */
 const HIGHLIGHT_MS = 2_500;
+/** While a list sent in several NOTIFYs arrives, re-draw it at most this often. */
+const LOADING_RENDER_MS = 500;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -41,6 +49,7 @@ const ui = {
   notice: $('notice'),
   list: $('conferences'),
   empty: $('empty'),
+  loading: $('loading'),
   connection: $('connection'),
 };
 
@@ -54,6 +63,7 @@ const STATE_TEXT = {
   'signed-out': 'Signed out',
   connecting: 'Connecting…',
   subscribing: 'Subscribing…',
+  loading: 'Loading…',
   live: 'Live',
   reconnecting: 'Reconnecting…',
   error: 'Not signed in',
@@ -93,7 +103,7 @@ function formatWhen(c) {
   const endText = c.nextOccurrence?.start ? c.nextOccurrence.end : c.end;
   const end = Date.parse(endText ?? '');
   if (Number.isNaN(start)) return Number.isNaN(end) ? '' : `until ${dayFmt.format(end)} ${timeFmt.format(end)}`;
-  const prefix = c.nextOccurrence?.start ? 'Next: ' : '';
+  const prefix = c.nextOccurrence?.start || c.recurrence ? 'Next: ' : '';
   let text = `${prefix}${dayFmt.format(start)}, ${Number.isNaN(end) ? timeFmt.format(start) : timeOnlyFmt.format(start)}`;
   if (!Number.isNaN(end)) {
     const sameDay = dayFmt.format(start) === dayFmt.format(end);
@@ -102,6 +112,96 @@ function formatWhen(c) {
   return text;
 }
 
+const zoneFormats = new Map(); // time zone → formatters, or null when the browser does not know it
+function zoneFormat(tz) {
+  if (!zoneFormats.has(tz)) {
+    try {
+      zoneFormats.set(tz, {
+        compare: new Intl.DateTimeFormat('en-GB', { timeZone: tz, dateStyle: 'short', timeStyle: 'short' }),
+        day: new Intl.DateTimeFormat(undefined, { timeZone: tz, weekday: 'short', day: 'numeric', month: 'short' }),
+        time: new Intl.DateTimeFormat(undefined, { timeZone: tz, hour: '2-digit', minute: '2-digit' }),
+      });
+    } catch {
+      zoneFormats.set(tz, null);
+    }
+  }
+  return zoneFormats.get(tz);
+}
+const localCompare = new Intl.DateTimeFormat('en-GB', { dateStyle: 'short', timeStyle: 'short' });
+
+/**
+ * The meeting's time in its own time zone when that zone shows another wall-clock time than the
+ * browser's ("09:30 – 09:45 in Europe/Berlin"); null when there is none or it is the same.
+ */
+function formatMeetingZone(c) {
+  const tz = c.timeZone;
+  if (!tz || tz === zone) return null;
+  const start = Date.parse(startOf(c) ?? '');
+  const f = zoneFormat(tz);
+  if (Number.isNaN(start)) return `in ${tz}`;
+  if (!f) return `time zone ${tz}`;
+  if (f.compare.format(start) === localCompare.format(start)) return null;
+  const end = Date.parse((c.nextOccurrence?.start ? c.nextOccurrence.end : c.end) ?? '');
+  const day = f.day.format(start) !== dayFmt.format(start) ? `${f.day.format(start)}, ` : '';
+  const until = Number.isNaN(end) ? '' : ` – ${f.time.format(end)}`;
+  return `${day}${f.time.format(start)}${until} in ${tz}`;
+}
+
+const FREQ = {
+  SECONDLY: ['second', 'every second'],
+  MINUTELY: ['minute', 'every minute'],
+  HOURLY: ['hour', 'hourly'],
+  DAILY: ['day', 'daily'],
+  WEEKLY: ['week', 'weekly'],
+  MONTHLY: ['month', 'monthly'],
+  YEARLY: ['year', 'yearly'],
+};
+const WEEKDAYS = { MO: 'Mon', TU: 'Tue', WE: 'Wed', TH: 'Thu', FR: 'Fri', SA: 'Sat', SU: 'Sun' };
+
+/**
+ * A short reading of an RRULE value: "repeats weekdays", "repeats weekly on Mon, Wed",
+ * "repeats every 2 weeks", "repeats daily"; "repeats" for a rule it does not read.
+ */
+function describeRecurrence(rule) {
+  const parts = new Map();
+  for (const p of rule.split(';')) {
+    const eq = p.indexOf('=');
+    if (eq > 0) parts.set(p.slice(0, eq).trim().toUpperCase(), p.slice(eq + 1).trim().toUpperCase());
+  }
+  const freq = FREQ[parts.get('FREQ')];
+  if (!freq) return 'repeats';
+  const interval = Number(parts.get('INTERVAL') ?? '1');
+  const days = (parts.get('BYDAY') ?? '').split(',').filter((d) => WEEKDAYS[d]);
+  let text;
+  if (days.length && (parts.get('FREQ') === 'WEEKLY' || parts.get('FREQ') === 'DAILY') && interval === 1) {
+    const set = [...new Set(days)].sort((a, b) => Object.keys(WEEKDAYS).indexOf(a) - Object.keys(WEEKDAYS).indexOf(b));
+    if (set.join() === 'MO,TU,WE,TH,FR') text = 'repeats weekdays';
+    else if (set.length === 7) text = 'repeats daily';
+    else text = `repeats weekly on ${set.map((d) => WEEKDAYS[d]).join(', ')}`;
+  } else if (Number.isInteger(interval) && interval > 1) {
+    text = `repeats every ${interval} ${freq[0]}s`;
+  } else {
+    text = `repeats ${freq[1]}`;
+  }
+  if (parts.has('UNTIL') || parts.has('COUNT')) text += ' (limited)';
+  return text;
+}
+
+const RESPONSE_TEXT = {
+  accepted: 'Accepted',
+  declined: 'Declined',
+  tentative: 'Tentative',
+  'needs-action': 'Not answered',
+};
+
+const STATUS_TEXT = {
+  live: 'Live',
+  upcoming: 'Upcoming',
+  scheduled: 'Scheduled',
+  ended: 'Ended',
+  cancelled: 'Cancelled',
+};
+
 function element(tag, className, text) {
   const e = document.createElement(tag);
   if (className) e.className = className;
@@ -109,7 +209,35 @@ function element(tag, className, text) {
   return e;
 }
 
-function conferenceItem(c, now) {
+/** `sip:carol@example.com` → `carol@example.com`. */
+function bareUri(uri) {
+  return uri.replace(/^sips?:/i, '');
+}
+
+const SVG = 'http://www.w3.org/2000/svg';
+
+/** A padlock (inline SVG, no emoji font needed), labelled "Passcode required". */
+function lockIcon() {
+  const span = element('span', 'lock');
+  span.title = 'Passcode required';
+  span.setAttribute('role', 'img');
+  span.setAttribute('aria-label', 'Passcode required');
+  const svg = document.createElementNS(SVG, 'svg');
+  svg.setAttribute('viewBox', '0 0 16 16');
+  svg.setAttribute('aria-hidden', 'true');
+  const shackle = document.createElementNS(SVG, 'path');
+  shackle.setAttribute('d', 'M5 7V5a3 3 0 0 1 6 0v2');
+  shackle.setAttribute('fill', 'none');
+  shackle.setAttribute('stroke', 'currentColor');
+  shackle.setAttribute('stroke-width', '1.6');
+  const body = document.createElementNS(SVG, 'rect');
+  for (const [k, v] of Object.entries({ x: 3, y: 7, width: 10, height: 8, rx: 1.5, fill: 'currentColor' })) body.setAttribute(k, String(v));
+  svg.append(shackle, body);
+  span.append(svg);
+  return span;
+}
+
+function conferenceItem(c, now, self) {
   const status = statusOf(c, now);
   const li = element('li', 'conference');
   li.dataset.entity = c.entity;
@@ -119,7 +247,10 @@ function conferenceItem(c, now) {
   }
   if (status === 'live') li.classList.add('is-live');
   const title = titleOf(c);
-  li.append(element('div', 'title', title));
+  const head = element('div', 'title');
+  head.append(element('span', 'title-text', title));
+  if (c.passcodeRequired) head.append(' ', lockIcon());
+  li.append(head);
   if (c.displayText && c.displayText !== title) li.append(element('div', 'sub', c.displayText));
   const when = formatWhen(c);
   if (when) {
@@ -128,9 +259,33 @@ function conferenceItem(c, now) {
     if (iso) t.title = iso;
     li.append(t);
   }
+  const meta = [];
+  const inZone = formatMeetingZone(c);
+  if (inZone) meta.push(element('span', 'meeting-zone', inZone));
+  if (c.recurrence) {
+    const r = element('span', 'recurrence', describeRecurrence(c.recurrence));
+    r.title = c.recurrence;
+    meta.push(r);
+  }
+  if (c.organizer && c.organizer.uri !== self) {
+    const o = element('span', 'organizer', `Organiser: ${c.organizer.displayText ?? bareUri(c.organizer.uri)}`);
+    o.title = c.organizer.uri;
+    meta.push(o);
+  }
+  if (meta.length) {
+    const line = element('div', 'meta');
+    meta.forEach((m, i) => line.append(...(i ? [' · ', m] : [m])));
+    li.append(line);
+  }
   const side = element('div', 'side');
-  if (status) side.append(element('span', `badge status-${status}`, status));
+  if (status) side.append(element('span', `badge status status-${status}`, STATUS_TEXT[status] ?? status));
   if (c.role) side.append(element('span', 'badge role', c.role));
+  if (c.response) {
+    const r = element('span', `badge response response-${c.response}`, RESPONSE_TEXT[c.response]);
+    r.dataset.response = c.response;
+    r.title = 'Your answer to the invitation';
+    side.append(r);
+  }
   const link = joinLink(c);
   if (link && status !== 'ended' && status !== 'cancelled') {
     const a = element('a', 'join', 'Join');
@@ -145,16 +300,38 @@ function conferenceItem(c, now) {
 
 const highlighted = new Map(); // entity → time the highlight ends
 
-function render(conferences, changed = []) {
+function render(conferences, { changed = [], complete = true, self = null } = {}) {
   const now = Date.now();
   for (const e of changed) highlighted.set(e, now + HIGHLIGHT_MS);
   const items = sortForDisplay(conferences, now).map((c) => {
-    const li = conferenceItem(c, now);
+    const li = conferenceItem(c, now, self);
     if ((highlighted.get(c.entity) ?? 0) > now) li.classList.add('changed');
     return li;
   });
   ui.list.replaceChildren(...items);
-  ui.empty.hidden = conferences.length > 0;
+  ui.list.setAttribute('aria-busy', String(!complete));
+  ui.loading.hidden = complete;
+  ui.empty.hidden = !complete || conferences.length > 0;
+}
+
+/** "Loading… 120 conferences so far" while a list sent in several NOTIFYs arrives. */
+function showLoading(count) {
+  ui.loading.hidden = false;
+  ui.loading.textContent = `Loading… ${count} conference${count === 1 ? '' : 's'} so far`;
+}
+
+/** "2 removed (out of window)", "1 removed (cancelled)", "3 removed". */
+function removedText(deleted, removed) {
+  const reasons = new Map();
+  const gone = new Set(removed);
+  for (const d of deleted) {
+    if (!gone.has(d.entity)) continue;
+    const key = d.reason && d.reason !== 'removed' ? d.reason.replaceAll('-', ' ') : '';
+    reasons.set(key, (reasons.get(key) ?? 0) + 1);
+  }
+  const counted = [...reasons.values()].reduce((a, b) => a + b, 0);
+  if (counted < removed.length) reasons.set('', (reasons.get('') ?? 0) + removed.length - counted);
+  return [...reasons].map(([why, n]) => `${n} removed${why ? ` (${why})` : ''}`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -171,6 +348,12 @@ class Session {
     this.retryTimer = null;
     this.failures = 0;
     this.hadList = false;
+    /** When the list was last drawn while a multi-part state arrives (null: not loading). */
+    this.loadingSince = null;
+    /** Deletions in the parts of a multi-part state so far, for the notice. */
+    this.pendingDeleted = [];
+    /** The last complete list: entity → conference. */
+    this.lastComplete = null;
   }
 
   start() {
@@ -221,12 +404,39 @@ class Session {
     const r = this.list.apply(body);
     if (r.kind === 'applied') {
       this.failures = 0;
+      if (!r.complete) {
+        // A part of a list sent in several NOTIFYs (nearest conferences first): show the first
+        // part at once, then the count, and re-draw now and then until the last part is in.
+        setConnection('loading');
+        this.pendingDeleted.push(...r.deleted);
+        const now = Date.now();
+        if (this.loadingSince === null || r.state === 'full' || now - this.loadingSince >= LOADING_RENDER_MS) {
+          this.loadingSince = now;
+          render(r.conferences, { complete: false, self: this.uri });
+        }
+        showLoading(r.conferences.length);
+        return;
+      }
       setConnection('live');
+      let { changed, removed, deleted } = r;
+      if (this.loadingSince !== null) {
+        // The last part: what changed is what differs from the last complete list (a full
+        // resend in parts repeats the unchanged conferences).
+        const held = this.lastComplete ?? new Map();
+        const same = (a, b) => a === b || (a !== undefined && JSON.stringify(a) === JSON.stringify(b));
+        changed = r.conferences.filter((c) => !same(held.get(c.entity), c)).map((c) => c.entity);
+        const now = new Set(r.conferences.map((c) => c.entity));
+        removed = [...held.keys()].filter((e) => !now.has(e));
+        deleted = [...this.pendingDeleted, ...r.deleted];
+      }
+      this.lastComplete = new Map(r.conferences.map((c) => [c.entity, c]));
+      this.loadingSince = null;
+      this.pendingDeleted = [];
       const parts = [];
-      if (this.hadList && r.changed.length) parts.push(`${r.changed.length} changed`);
-      if (r.removed.length) parts.push(`${r.removed.length} removed`);
+      if (this.hadList && changed.length) parts.push(`${changed.length} changed`);
+      if (this.hadList && removed.length) parts.push(...removedText(deleted, removed));
       notice(parts.length ? `Updated ${timeOnlyFmt.format(new Date())}: ${parts.join(', ')}` : '');
-      render(r.conferences, this.hadList ? r.changed : []);
+      render(r.conferences, { changed: this.hadList ? changed : [], self: this.uri });
       this.hadList = true;
     } else if (r.kind === 'gap') {
       notice(`Missed an update (version ${r.got}, expected ${r.expected}); reloading the list…`);
@@ -324,6 +534,7 @@ function signOut(error) {
   ui.form.hidden = false;
   ui.button.disabled = false;
   ui.list.replaceChildren();
+  ui.loading.hidden = true;
   notice('');
   ui.error.hidden = !error;
   ui.error.textContent = error ?? '';
@@ -355,7 +566,9 @@ ui.form.addEventListener('submit', (ev) => {
   ui.password.value = '';
   session.start();
   // Live, upcoming and ended follow the clock.
-  tick = setInterval(() => session && render(session.list.conferences), 30_000);
+  tick = setInterval(() => {
+    if (session?.list.complete) render(session.list.conferences, { self: session.uri });
+  }, 30_000);
 });
 $('signout').addEventListener('click', () => signOut());
 showMethod();

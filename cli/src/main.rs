@@ -1,8 +1,13 @@
 //! `conflist`, the operator CLI of the conference-list service.
 //!
 //! * `conflist watch sip:alice@example.com --ws ws://…` subscribes like a browser and prints
-//!   the list as a table, then each change as it arrives (`--json`: one object per NOTIFY);
-//! * `conflist list …` prints the list once (a fetch: SUBSCRIBE with `Expires: 0`);
+//!   the list as a table, then each change as it arrives, a removal with its reason
+//!   (`--json`: one object per NOTIFY);
+//! * `conflist list …` prints the list once (a fetch: SUBSCRIBE with `Expires: 0`).
+//!
+//! A list too large for one NOTIFY arrives in parts (a full document marked
+//! `complete="false"`, then partials; a fetch's last part is the terminated NOTIFY): each part
+//! is applied, and the table or the change lines are printed once the last one is in.
 //! * `conflist admin subscriptions|counts|resend` calls the server's admin API.
 //!
 //! Layout: [`sip_client`] (SIP over WebSocket), [`conflist_cli::digest`] (the digest answer, in the library), [`view`]
@@ -215,9 +220,7 @@ async fn watch(args: &SubscribeArgs, once: bool) -> Result<()> {
     let auth = auth_of(args)?;
     let mut client = Client::connect(&args.ws).await?;
     let expires = if once { 0 } else { args.expires.max(1) };
-    let mut held: Vec<document::Conference> = Vec::new();
-    let mut version: Option<u64> = None;
-    let mut first = true;
+    let mut list = view::Follow::default();
     'subscribe: loop {
         let (mut dialog, early) = client.subscribe(&args.user, expires, &auth).await?;
         let mut refresh_at = refresh_time(dialog.expires);
@@ -292,40 +295,42 @@ async fn watch(args: &SubscribeArgs, once: bool) -> Result<()> {
                 println!("{}", view::notify_json(&state, doc.as_ref()));
             }
             if let Some(doc) = &doc {
-                match document::apply(&held, version, doc) {
-                    Ok(new) => {
+                match list.apply(doc) {
+                    // A state in several NOTIFYs: printed once its last part is in.
+                    Ok(Some(lines)) => {
                         if !args.json {
-                            if first {
-                                println!("{}", view::table(&new));
-                            } else {
-                                for line in view::changes(&held, &new) {
-                                    println!("{line}");
-                                }
+                            for line in lines {
+                                println!("{line}");
                             }
                         }
-                        first = false;
-                        held = new;
-                        version = Some(doc.version);
                     }
+                    Ok(None) => {}
                     Err(e) => {
                         eprintln!("conflist: {e}; subscribing again for full state");
-                        version = None;
+                        list.resubscribe();
                         client.refresh(&mut dialog, 0).await?;
                         continue 'subscribe;
                     }
                 }
             }
-            if once && doc.is_some() {
+            // A fetch ends with the last part of the list (its NOTIFY is the terminated one).
+            if once && doc.is_some() && list.complete() {
                 return Ok(());
             }
             if terminated {
                 if once {
-                    return Ok(());
+                    if doc.is_none() && list.complete() {
+                        return Ok(());
+                    }
+                    bail!(
+                        "the server ended the fetch ({state}) with the list incomplete ({} conferences so far)",
+                        list.len()
+                    );
                 }
                 if state.contains("deactivated") || state.contains("timeout") {
                     // RFC 6665 §4.1.3: subscribe again at once.
                     eprintln!("conflist: subscription ended ({state}); subscribing again");
-                    version = None;
+                    list.resubscribe();
                     continue 'subscribe;
                 }
                 bail!("the server ended the subscription: {state}");
