@@ -492,18 +492,23 @@ export function parseDocument(xml, { parser } = {}) {
   return { entity, version, state, complete, entries };
 }
 
-/** Code-point order (= UTF-8 byte order, the Rust crate's order), not UTF-16 order. */
+/**
+ * Code-point order (= UTF-8 byte order, the Rust crate's order), not UTF-16 order. UTF-16 code
+ * units compare in code-point order except where one side is a surrogate (a code point above
+ * U+FFFF) and the other a unit from U+E000 up: there the surrogate's code point is the larger.
+ */
 export function compareEntities(a, b) {
   if (a === b) return 0;
-  const ia = a[Symbol.iterator]();
-  const ib = b[Symbol.iterator]();
-  for (;;) {
-    const x = ia.next();
-    const y = ib.next();
-    if (x.done || y.done) return x.done ? (y.done ? 0 : -1) : 1;
-    const d = x.value.codePointAt(0) - y.value.codePointAt(0);
-    if (d) return d;
-  }
+  const n = Math.min(a.length, b.length);
+  let i = 0;
+  while (i < n && a.charCodeAt(i) === b.charCodeAt(i)) i++;
+  if (i === n) return a.length - b.length;
+  const x = a.charCodeAt(i);
+  const y = b.charCodeAt(i);
+  const sx = x >= 0xd800 && x <= 0xdfff;
+  const sy = y >= 0xd800 && y <= 0xdfff;
+  if (sx === sy) return x - y;
+  return sx ? 1 : -1;
 }
 
 /**
@@ -579,8 +584,18 @@ export class ConferenceListState {
       return { kind: 'error', error };
     }
     const before = new Map(this.conferences.map((c) => [c.entity, c]));
-    const after = new Set(next.map((c) => c.entity));
-    const changed = next.filter((c) => !before.has(c.entity) || !sameConference(before.get(c.entity), c)).map((c) => c.entity);
+    const after = new Map(next.map((c) => [c.entity, c]));
+    const isChanged = (c) => !before.has(c.entity) || !sameConference(before.get(c.entity), c);
+    // A partial changes only what it carries (the rest keeps its objects): compare just those,
+    // so each part of a large state costs its own size, not the whole list's.
+    const changed =
+      doc.state === 'partial'
+        ? [...new Set(doc.entries.filter((e) => !e.deleted).map((e) => e.entity))]
+            .map((e) => after.get(e))
+            .filter((c) => c && isChanged(c))
+            .map((c) => c.entity)
+            .sort(compareEntities)
+        : next.filter(isChanged).map((c) => c.entity);
     const removed = [...before.keys()].filter((e) => !after.has(e));
     const deleted = doc.entries.filter((e) => e.deleted).map((e) => ({ entity: e.entity, reason: e.reason }));
     this.conferences = next;
