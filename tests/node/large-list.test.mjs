@@ -178,6 +178,9 @@ test(`JsSIP, ${COUNT} conferences: multi-part NOTIFYs, first within 1 s, each â‰
     register: false,
     password: PASSWORD,
   });
+  // Terminated in `finally`: a live JsSIP subscription keeps its refresh timer, and with it
+  // this test process, alive for minutes after the test.
+  let subscriber = null;
   try {
     const connected = nextEvent(ua, 'connected', 'the JsSIP UA to connect');
     ua.start();
@@ -196,7 +199,7 @@ test(`JsSIP, ${COUNT} conferences: multi-part NOTIFYs, first within 1 s, each â‰
     let completeAt = null;
     let completeSnapshot = null;
 
-    const subscriber = ua.subscribe(USER_URI, EVENT, CONTENT_TYPE, { expires: 600 });
+    subscriber = ua.subscribe(USER_URI, EVENT, CONTENT_TYPE, { expires: 600 });
     subscriber.on('notify', (isFinal, request, body) => {
       const at = performance.now();
       if (!body) return;
@@ -339,6 +342,16 @@ test(`JsSIP, ${COUNT} conferences: multi-part NOTIFYs, first within 1 s, each â‰
     throw err;
   } finally {
     wire.off('entry', onEntry);
+    if (subscriber) {
+      subscriber.removeAllListeners('terminated');
+      const ended = nextEvent(subscriber, 'terminated', 'the JsSIP subscription to end', 5_000);
+      try {
+        subscriber.terminate();
+      } catch {
+        // already terminated
+      }
+      await ended.catch(() => {});
+    }
     const disconnected = nextEvent(ua, 'disconnected', 'the JsSIP UA to disconnect', 5_000);
     ua.stop();
     await disconnected.catch(() => {});
