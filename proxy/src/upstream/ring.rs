@@ -1,8 +1,12 @@
 //! Rendezvous (highest-random-weight) hashing: each subscriber maps to the server with the
 //! highest hash of (server, subscriber). Adding or removing a server moves only the
 //! subscribers of that server, and needs no ring state.
+//!
+//! The weight is a named, fixed function — the first 8 bytes (big-endian) of
+//! SHA-256(server ‖ 0x00 ‖ subscriber) — so every proxy, whatever Rust release built it,
+//! sends a subscriber to the same server (`std`'s `DefaultHasher` promises no stable output).
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use sha2::{Digest, Sha256};
 
 /// The candidate with the highest weight for `key`.
 pub fn pick<'a, T>(key: &str, candidates: &[&'a T], name: impl Fn(&T) -> &str) -> Option<&'a T> {
@@ -12,17 +16,36 @@ pub fn pick<'a, T>(key: &str, candidates: &[&'a T], name: impl Fn(&T) -> &str) -
         .copied()
 }
 
+/// SHA-256(server ‖ 0x00 ‖ key), first 8 bytes big-endian (the NUL keeps `("ab", "c")` and
+/// `("a", "bc")` apart: neither a URL nor a SIP URI holds one).
 fn weight(server: &str, key: &str) -> u64 {
-    // DefaultHasher::new() uses fixed keys: the same on every proxy instance and run.
-    let mut h = DefaultHasher::new();
-    server.hash(&mut h);
-    key.hash(&mut h);
-    h.finish()
+    let digest = Sha256::new()
+        .chain_update(server.as_bytes())
+        .chain_update([0u8])
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_weight_is_the_documented_function() {
+        // Known answers (Python: int.from_bytes(sha256(s + b"\0" + k).digest()[:8], "big")):
+        // a change here moves users between servers on a rolling upgrade.
+        assert_eq!(
+            weight("http://a", "sip:alice@example.com"),
+            17_984_775_319_806_967_120
+        );
+        assert_eq!(
+            weight("http://10.0.0.7:50051", "sip:bob@example.com"),
+            1_214_760_268_824_125_534
+        );
+    }
 
     #[test]
     fn stable_and_moves_only_the_removed_servers_keys() {
