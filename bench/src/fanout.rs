@@ -3,8 +3,8 @@
 
 use crate::client::{Connection, Event, Notify};
 use anyhow::{Context, Result, bail};
+use conflist_tests::TestDb;
 use conflist_tests::process::http_get;
-use conflist_tests::{ServerOptions, TestDb, spawn_proxy, spawn_server};
 use sqlx::PgConnection;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -104,24 +104,9 @@ struct Dialog {
 pub(crate) async fn run(p: &Params) -> Result<Outcome> {
     let n = p.subscribers;
     let db = TestDb::create().await?;
-    // --migrate creates the reference schema and installs the change-log triggers; the demo
-    // data is not needed. Every other server setting is its default (200 ms rate control)
-    // unless `server_args` says otherwise.
-    let mut extra_args = vec!["--migrate".to_owned()];
-    extra_args.extend(p.server_args.iter().cloned());
-    let server = spawn_server(
-        &db.url,
-        &ServerOptions {
-            demo: false,
-            extra_args,
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .context("start conflist-server")?;
-    let proxy = spawn_proxy(&server, &[])
-        .await
-        .context("start conflist-proxy")?;
+    // Every server setting is its default (200 ms rate control) unless `server_args` says
+    // otherwise.
+    let (server, proxy) = conflist_bench::start_services(&db, &p.server_args).await?;
     let mut pg = db
         .connect()
         .await

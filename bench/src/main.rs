@@ -15,7 +15,6 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use fanout::{Outcome, Params, ms};
 use std::fmt::Write as _;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -59,17 +58,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if std::env::var_os("CONFLIST_BIN_DIR").is_none() {
-        // The harness reads CONFLIST_BIN_DIR; set_var is unsafe (and forbidden here), so run
-        // this binary again with the variable set: the services next to the bench binary.
-        let exe = std::env::current_exe().context("locate the bench binary")?;
-        let dir = exe.parent().context("bench binary has no directory")?;
-        let err = std::process::Command::new(&exe)
-            .args(std::env::args_os().skip(1))
-            .env("CONFLIST_BIN_DIR", dir)
-            .exec();
-        return Err(err).context("re-run the bench with CONFLIST_BIN_DIR set");
-    }
+    conflist_bench::with_bin_dir()?;
     check(&args)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

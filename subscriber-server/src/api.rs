@@ -18,7 +18,7 @@
 
 use crate::admin::{self, SubscriptionInfo};
 use crate::auth::{Authenticator, Credentials, Label, Outcome, Verdict, digest, loggable};
-use crate::cache::{AttachError, Cache, SessionKey, SessionWake, UserDoc};
+use crate::cache::{AttachError, Cache, SessionKey, SessionWake};
 use crate::directory::DirectoryError;
 use crate::metrics::{AuthLabel, Metrics};
 use crate::subscription::{
@@ -203,7 +203,6 @@ struct Admitted {
 enum Admission {
     /// Admitted; the cache holds the user for this session.
     Ready {
-        doc: Arc<UserDoc>,
         granted: u32,
         identity: Option<String>,
     },
@@ -715,12 +714,8 @@ impl Session {
                 "sign-in"
             );
         }
-        let (doc, granted, identity) = match outcome {
-            Admission::Ready {
-                doc,
-                granted,
-                identity,
-            } => (doc, granted, identity),
+        let (granted, identity) = match outcome {
+            Admission::Ready { granted, identity } => (granted, identity),
             Admission::Failed(e) => {
                 self.ctx.metrics.directory_errors.inc();
                 warn!(subscription.id = %id, error = %e, "directory read failed");
@@ -765,7 +760,6 @@ impl Session {
             .with_identity(identity)
             .with_window(window.or(self.ctx.default_window));
         sub.fetch = fetch;
-        drop(doc);
         self.registry.insert(id.clone(), sub);
         if self.meta.len() > 2 * self.registry.len() + 64 {
             let registry = &self.registry;
@@ -1179,11 +1173,8 @@ async fn admit(
         .attach_limited(key, &req.subscriber, ctx.max_subscriptions_per_user)
         .await
     {
-        Ok(doc) => Admission::Ready {
-            doc,
-            granted,
-            identity,
-        },
+        // The cache now holds the user; the first plan reads the document from it.
+        Ok(_) => Admission::Ready { granted, identity },
         Err(AttachError::TooMany) => Admission::Rejected(Rejection::Forbidden(TOO_MANY)),
         Err(AttachError::Directory(e)) => Admission::Failed(e),
     };

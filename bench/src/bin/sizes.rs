@@ -14,10 +14,9 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use conflist_tests::client::ListView;
-use conflist_tests::{ServerOptions, SipWsClient, TestDb, spawn_proxy, spawn_server};
+use conflist_tests::{SipWsClient, TestDb};
 use sqlx::Executor;
 use std::fmt::Write as _;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -28,16 +27,7 @@ const LARGE: usize = 10_000;
 const OUT: &str = "bench/results/sizes.md";
 
 fn main() -> Result<()> {
-    if std::env::var_os("CONFLIST_BIN_DIR").is_none() {
-        // The harness reads CONFLIST_BIN_DIR: run again with it set (set_var is unsafe).
-        let exe = std::env::current_exe().context("locate the bench binary")?;
-        let dir = exe.parent().context("bench binary has no directory")?;
-        let err = std::process::Command::new(&exe)
-            .args(std::env::args_os().skip(1))
-            .env("CONFLIST_BIN_DIR", dir)
-            .exec();
-        return Err(err).context("re-run with CONFLIST_BIN_DIR set");
-    }
+    conflist_bench::with_bin_dir()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -81,19 +71,7 @@ struct Large {
 async fn run() -> Result<()> {
     let started = Instant::now();
     let db = TestDb::create().await?;
-    let server = spawn_server(
-        &db.url,
-        &ServerOptions {
-            demo: false,
-            extra_args: vec!["--migrate".to_owned()],
-            ..ServerOptions::default()
-        },
-    )
-    .await
-    .context("start conflist-server")?;
-    let proxy = spawn_proxy(&server, &[])
-        .await
-        .context("start conflist-proxy")?;
+    let (_server, proxy) = conflist_bench::start_services(&db, &[]).await?;
     seed(&db, "sip:small@example.com", "s", SMALL).await?;
     seed(&db, "sip:large@example.com", "l", LARGE).await?;
 

@@ -281,35 +281,21 @@ impl Directory {
     /// Finds which optional columns of the contract this database has and reads them from
     /// now on; returns them (for the startup log). Until called, none are read.
     pub async fn discover_columns(&self) -> Result<Columns, DirectoryError> {
-        use sqlx::{Column, Executor, SqlSafeStr};
-        let names = |cols: &[String]| cols.to_vec();
+        const CONFERENCES: &str = "SELECT * FROM conflist_conferences";
+        const MEMBERS: &str = "SELECT * FROM conflist_members";
         let (conferences, members, dialect) = match &self.db {
-            Db::Postgres(pool) => {
-                let c = pool
-                    .describe("SELECT * FROM conflist_conferences".into_sql_str())
-                    .await?;
-                let m = pool
-                    .describe("SELECT * FROM conflist_members".into_sql_str())
-                    .await?;
-                let name = |d: &sqlx::Describe<sqlx::Postgres>| -> Vec<String> {
-                    d.columns().iter().map(|c| c.name().to_owned()).collect()
-                };
-                (name(&c), name(&m), Dialect::Postgres)
-            }
-            Db::Sqlite(pool) => {
-                let c = pool
-                    .describe("SELECT * FROM conflist_conferences".into_sql_str())
-                    .await?;
-                let m = pool
-                    .describe("SELECT * FROM conflist_members".into_sql_str())
-                    .await?;
-                let name = |d: &sqlx::Describe<sqlx::Sqlite>| -> Vec<String> {
-                    d.columns().iter().map(|c| c.name().to_owned()).collect()
-                };
-                (name(&c), name(&m), Dialect::Sqlite)
-            }
+            Db::Postgres(pool) => (
+                column_names(pool, CONFERENCES).await?,
+                column_names(pool, MEMBERS).await?,
+                Dialect::Postgres,
+            ),
+            Db::Sqlite(pool) => (
+                column_names(pool, CONFERENCES).await?,
+                column_names(pool, MEMBERS).await?,
+                Dialect::Sqlite,
+            ),
         };
-        let found = Columns::found(&names(&conferences), &names(&members));
+        let found = Columns::found(&conferences, &members);
         let queries = Arc::new(Queries::build(dialect, &found));
         *self.queries.write().unwrap_or_else(PoisonError::into_inner) = queries;
         Ok(found)
@@ -721,6 +707,23 @@ async fn current_snapshot(pool: &PgPool) -> Result<PgSnapshot, DirectoryError> {
         .fetch_one(pool)
         .await?;
     snapshot.parse()
+}
+
+/// The column names of a query's result, without running it.
+async fn column_names<'p, DB: sqlx::Database>(
+    pool: &'p sqlx::Pool<DB>,
+    query: &'static str,
+) -> Result<Vec<String>, sqlx::Error>
+where
+    &'p sqlx::Pool<DB>: sqlx::Executor<'p, Database = DB>,
+{
+    use sqlx::{Column, Executor, SqlSafeStr};
+    let described = pool.describe(query.into_sql_str()).await?;
+    Ok(described
+        .columns()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect())
 }
 
 /// A JSON array of strings, for SQLite's `json_each` (it has no array binds).

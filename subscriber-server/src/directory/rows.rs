@@ -313,26 +313,15 @@ impl Decoder {
             non_empty(row.recurrence),
             non_empty(row.recurrence_exdates).as_deref(),
         );
-        let token = |column: &str, value: Option<String>, parse: &dyn Fn(&str) -> bool| {
-            let value = non_empty(value)?;
-            if parse(&value) {
-                Some(value)
-            } else {
-                warn!(conference = %row.conference_uri, column, value = %value,
-                      "unknown value in the directory; the field is left out");
-                None
-            }
-        };
-        let status = token("status", row.status, &|v| Status::from_token(v).is_some())
-            .and_then(|v| Status::from_token(&v));
-        let response = token("response", row.response, &|v| {
-            Response::from_token(v).is_some()
-        })
-        .and_then(|v| Response::from_token(&v));
-        let passcode_required = token("passcode_required", row.passcode_required, &|v| {
-            boolean(v).is_some()
-        })
-        .and_then(|v| boolean(&v));
+        let conference = row.conference_uri.as_str();
+        let status = token(conference, "status", row.status, Status::from_token);
+        let response = token(conference, "response", row.response, Response::from_token);
+        let passcode_required = token(
+            conference,
+            "passcode_required",
+            row.passcode_required,
+            boolean,
+        );
         Conference {
             description: ConferenceDescription {
                 display_text: non_empty(row.display_text),
@@ -417,6 +406,21 @@ impl Decoder {
         }
         schedule
     }
+}
+
+/// A token column's value parsed; an unknown value is logged and left out.
+fn token<T>(
+    conference: &str,
+    column: &str,
+    value: Option<String>,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Option<T> {
+    let value = non_empty(value)?;
+    let parsed = parse(&value);
+    if parsed.is_none() {
+        warn!(conference, column, value = %value, "unknown value in the directory; the field is left out");
+    }
+    parsed
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
