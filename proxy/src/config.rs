@@ -73,7 +73,26 @@ pub struct Config {
     /// SIP over secure WebSocket (TLS) listen address; needs `--tls-cert` and `--tls-key`.
     #[arg(long, env = "CONFLIST_WSS_LISTEN")]
     pub wss_listen: Option<SocketAddr>,
-    /// Certificate chain (PEM, leaf first) of the WSS listener.
+    /// SIP over UDP listen address (RFC 3261 §18), or `off`.
+    #[arg(long, env = "CONFLIST_UDP_LISTEN", default_value = "off")]
+    pub udp_listen: ListenAddr,
+    /// SIP over TCP listen address, or `off`.
+    #[arg(long, env = "CONFLIST_TCP_LISTEN", default_value = "off")]
+    pub tcp_listen: ListenAddr,
+    /// SIP over TLS listen address (RFC 3261 §26.2); needs `--tls-cert` and `--tls-key`.
+    #[arg(long, env = "CONFLIST_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+    /// RFC 3261 T1 (round-trip estimate): a NOTIFY over UDP is retransmitted after T1,
+    /// 2·T1, 4·T1 … up to T2; a response is kept for retransmitted requests for 64·T1.
+    #[arg(long, env = "CONFLIST_SIP_T1", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub sip_t1: Duration,
+    /// RFC 3261 T2: the longest retransmission interval.
+    #[arg(long, env = "CONFLIST_SIP_T2", default_value = "4s", value_parser = humantime::parse_duration)]
+    pub sip_t2: Duration,
+    /// RFC 3261 T4: how long a completed NOTIFY transaction over UDP absorbs repeated answers.
+    #[arg(long, env = "CONFLIST_SIP_T4", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub sip_t4: Duration,
+    /// Certificate chain (PEM, leaf first) of the WSS and TLS listeners.
     #[arg(long, env = "CONFLIST_TLS_CERT")]
     pub tls_cert: Option<std::path::PathBuf>,
     /// Private key (PEM) of `--tls-cert`.
@@ -233,16 +252,31 @@ impl Config {
 
     /// The listener and per-client limit part of [`Config::validate`].
     fn validate_listeners(&self) -> Result<(), String> {
-        if self.ws_listen == ListenAddr::Off && self.wss_listen.is_none() {
-            return Err("nothing to listen on: --ws-listen is off and no --wss-listen".into());
+        if self.ws_listen == ListenAddr::Off
+            && self.wss_listen.is_none()
+            && self.udp_listen == ListenAddr::Off
+            && self.tcp_listen == ListenAddr::Off
+            && self.tls_listen.is_none()
+        {
+            return Err(
+                "nothing to listen on: --ws-listen is off and no other listener is on".into(),
+            );
         }
-        match (&self.wss_listen, &self.tls_cert, &self.tls_key) {
-            (Some(_), Some(cert), Some(key)) => {
+        let secure = self.wss_listen.is_some() || self.tls_listen.is_some();
+        match (secure, &self.tls_cert, &self.tls_key) {
+            (true, Some(cert), Some(key)) => {
                 crate::transport::tls::server_config(cert, key).map_err(|e| e.to_string())?;
             }
-            (Some(_), _, _) => return Err("--wss-listen needs --tls-cert and --tls-key".into()),
-            (None, None, None) => {}
-            (None, _, _) => return Err("--tls-cert and --tls-key need --wss-listen".into()),
+            (true, _, _) => {
+                return Err("--wss-listen and --tls-listen need --tls-cert and --tls-key".into());
+            }
+            (false, None, None) => {}
+            (false, _, _) => {
+                return Err("--tls-cert and --tls-key need --wss-listen or --tls-listen".into());
+            }
+        }
+        if self.sip_t2 < self.sip_t1 {
+            return Err("--sip-t2 must be at least --sip-t1".into());
         }
         crate::transport::limits::OriginPolicy::new(&self.allowed_origins)
             .map_err(|e| format!("--allowed-origin: {e}"))?;
@@ -335,6 +369,10 @@ impl Config {
             HOUR,
         )?;
         check_range("--keepalive-interval", self.keepalive_interval, MS, HOUR)?;
+        let minute = Duration::from_secs(60);
+        check_range("--sip-t1", self.sip_t1, MS, minute)?;
+        check_range("--sip-t2", self.sip_t2, MS, minute)?;
+        check_range("--sip-t4", self.sip_t4, MS, minute)?;
         check_range("--write-timeout", self.write_timeout, MS, HOUR)?;
         check_range(
             "--shutdown-grace",

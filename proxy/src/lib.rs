@@ -1,16 +1,19 @@
 //! conflist proxy: the SIP edge of the conference-list service.
 //!
-//! Browsers (and gateways) connect over SIP-over-WebSocket (RFC 7118) and SUBSCRIBE to
+//! Browsers (and gateways) connect over SIP-over-WebSocket (RFC 7118), room systems and
+//! softphones over UDP, TCP or TLS, and SUBSCRIBE to
 //! `conference-list`. The proxy validates the SIP, owns each subscription's dialog and its
 //! NOTIFY transactions, and forwards the subscription's meaning over one gRPC session per
 //! subscriber-server (`conflist.v1`). It holds no database connection.
 //!
 //! Layout:
 //! - [`config`]: flags and environment.
-//! - [`transport`]: the WebSocket listeners (plain and TLS: our accept loop, handshake
-//!   deadline, Origin check, per-client limits) and the per-connection shell (I/O,
-//!   keep-alive, idle timeout) that executes the dialog core's actions.
-//! - [`dialog`]: sans-IO dialogs and NOTIFY transactions of one connection.
+//! - [`transport`]: the listeners (WebSocket plain and TLS, UDP, TCP, TLS: accept loops,
+//!   handshake deadline, Origin check, per-client limits), each transport's framing, and
+//!   the one flow driver (I/O, keep-alive, idle timeout) that executes the dialog core's
+//!   actions.
+//! - [`dialog`]: sans-IO dialogs of one flow: validation, the status map, NOTIFY delivery.
+//! - [`transaction`]: sans-IO RFC 3261 non-INVITE client and server transactions.
 //! - [`notifier`]: the domain form of what goes to and comes from the subscriber-server.
 //! - [`upstream`]: gRPC sessions, routing of events to connections, rendezvous hashing.
 //! - [`metrics`]: the counters and gauges behind `/metrics` (served by `conflist-service`).
@@ -23,6 +26,7 @@ pub mod config;
 pub mod dialog;
 pub mod metrics;
 pub mod notifier;
+pub mod transaction;
 pub mod transport;
 pub mod upstream;
 pub mod web;
@@ -62,6 +66,33 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
         _ => None,
     };
+    let udp = match config.udp_listen.addr() {
+        Some(addr) => Some(
+            tokio::net::UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("bind SIP UDP listener {addr}"))?,
+        ),
+        None => None,
+    };
+    let tcp = match config.tcp_listen.addr() {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind SIP TCP listener {addr}"))?,
+        ),
+        None => None,
+    };
+    let tls = match (config.tls_listen, &config.tls_cert, &config.tls_key) {
+        (Some(addr), Some(cert), Some(key)) => {
+            let tls = transport::tls::server_config(cert, key)
+                .context("load the TLS certificate and key")?;
+            let tcp = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind SIP TLS listener {addr}"))?;
+            Some((tcp, tls))
+        }
+        _ => None,
+    };
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("bind admin listener {}", config.admin_listen))?;
@@ -88,9 +119,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         &tracker,
     );
 
+    let udp_addr = udp
+        .as_ref()
+        .map(tokio::net::UdpSocket::local_addr)
+        .transpose()?;
+    let tcp_addr = tcp.as_ref().map(TcpListener::local_addr).transpose()?;
+    let tls_addr = tls.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
     let local_host = config.public_host.clone().unwrap_or_else(|| {
-        ws_addr
-            .or(wss_addr)
+        [ws_addr, wss_addr, udp_addr, tcp_addr, tls_addr]
+            .into_iter()
+            .flatten()
+            .next()
             .map(|a| a.to_string())
             .unwrap_or_default()
     });
@@ -105,8 +144,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         },
         dialog: dialog::DialogConfig {
             local_host,
-            via_transport: "WS",
-            contact_transport: "ws",
+            transport: dialog::Transport::Ws,
+            timers: transaction::Timers {
+                t1: config.sip_t1,
+                t2: config.sip_t2,
+                t4: config.sip_t4,
+            },
             notify_timeout: config.notify_timeout,
             notify_retry: dialog::NotifyRetry {
                 max_retry_after: config.notify_max_retry_after,
@@ -127,13 +170,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     // Each listener's Via/Contact: its own transport, and its own address unless
     // --public-host names one.
-    let listener_dialog = |addr: SocketAddr, secure: bool| dialog::DialogConfig {
+    let listener_dialog = |addr: SocketAddr, transport| dialog::DialogConfig {
         local_host: config
             .public_host
             .clone()
             .unwrap_or_else(|| addr.to_string()),
-        via_transport: if secure { "WSS" } else { "WS" },
-        contact_transport: if secure { "wss" } else { "ws" },
+        transport,
         ..shared.dialog.clone()
     };
     let mut listeners = Vec::new();
@@ -141,7 +183,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if let (Some(tcp), Some(addr)) = (ws, ws_addr) {
         listeners.push(transport::listener::Listener::plain(
             tcp,
-            listener_dialog(addr, false),
+            listener_dialog(addr, dialog::Transport::Ws),
         )?);
         ready.push_str(&format!(" ws=ws://{addr}"));
     }
@@ -150,11 +192,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         listeners.push(transport::listener::Listener::tls(
             tcp,
             tls,
-            listener_dialog(addr, true),
+            listener_dialog(addr, dialog::Transport::Wss),
         )?);
         ready.push_str(&format!(" wss=wss://{addr}"));
     }
-    info!(ws.addr = ?ws_addr, wss.addr = ?wss_addr, admin.addr = %admin_addr, servers = ?config.servers, "conflist-proxy listening");
+    let mut servers = tokio::task::JoinSet::new();
+    if let (Some(socket), Some(addr)) = (udp, udp_addr) {
+        let l = transport::udp::UdpListener::new(
+            socket,
+            listener_dialog(addr, dialog::Transport::Udp),
+        )?;
+        servers.spawn(transport::udp::serve(l, shared.clone()));
+        ready.push_str(&format!(" udp={addr}"));
+    }
+    if let (Some(tcp), Some(addr)) = (tcp, tcp_addr) {
+        let l = transport::sip_listener::StreamListener::new(
+            tcp,
+            None,
+            listener_dialog(addr, dialog::Transport::Tcp),
+        )?;
+        servers.spawn(transport::sip_listener::serve(l, shared.clone()));
+        ready.push_str(&format!(" tcp={addr}"));
+    }
+    if let (Some((tcp, tls)), Some(addr)) = (tls, tls_addr) {
+        let l = transport::sip_listener::StreamListener::new(
+            tcp,
+            Some(tls),
+            listener_dialog(addr, dialog::Transport::Tls),
+        )?;
+        servers.spawn(transport::sip_listener::serve(l, shared.clone()));
+        ready.push_str(&format!(" tls={addr}"));
+    }
+    info!(ws.addr = ?ws_addr, wss.addr = ?wss_addr, udp.addr = ?udp_addr, tcp.addr = ?tcp_addr, tls.addr = ?tls_addr, admin.addr = %admin_addr, servers = ?config.servers, "conflist-proxy listening");
     println!("{ready}");
 
     let page = config.web().map(|s| Arc::new(web::WebPage::new(&s)));
@@ -165,7 +234,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             }
         }
     }
-    let ws_server = tokio::spawn(transport::listener::serve_with_page(
+    servers.spawn(transport::listener::serve_with_page(
         listeners, shared, page,
     ));
     let admin_token = token.clone();
@@ -191,10 +260,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // Connections drain within the grace period (their own drain timeout); then the
     // upstream sessions, which carried their Unsubscribes, stop.
     let grace = config.shutdown_grace + std::time::Duration::from_secs(1);
-    match tokio::time::timeout(grace, ws_server).await {
-        Ok(Err(e)) => warn!(error = %e, "WebSocket listeners ended abnormally"),
-        Err(_) => warn!("connections did not finish within the grace period"),
-        Ok(Ok(())) => {}
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(r) = servers.join_next().await {
+            if let Err(e) = r {
+                warn!(error = %e, "a listener ended abnormally");
+            }
+        }
+    });
+    if drained.await.is_err() {
+        warn!("connections did not finish within the grace period");
     }
     upstream_token.cancel();
     tracker.close();

@@ -1,7 +1,18 @@
 //! The proxy's Prometheus metrics, registered under `conflist_proxy`. No per-user labels.
 
-use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use prometheus_client::registry::Registry;
+
+/// Labels of `conflist_proxy_responses_total`: the status and why it was chosen (the status
+/// map's [`crate::dialog::Reply::label`]).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    /// The status code.
+    pub status: u16,
+    /// Why.
+    pub outcome: &'static str,
+}
 
 /// Every metric the proxy exports.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +59,12 @@ pub struct Metrics {
     /// Server sessions ended because their command queue could not take a `Delivered` or
     /// `Unsubscribe` (the server stopped reading): losing one would desynchronise it.
     pub upstream_queue_overflows: Counter,
+    /// Responses sent, by status and outcome.
+    pub responses: Family<ResponseLabels, Counter>,
+    /// NOTIFYs sent again on Timer E (unreliable transports).
+    pub notify_retransmissions: Counter,
+    /// Responses sent again to a retransmitted request.
+    pub response_retransmissions: Counter,
 }
 
 impl Metrics {
@@ -143,6 +160,28 @@ impl Metrics {
             "Server sessions ended because their command queue could not take a Delivered or Unsubscribe",
             m.upstream_queue_overflows.clone(),
         );
+        r.register(
+            "responses",
+            "SIP responses sent, by status and the reason it was chosen",
+            m.responses.clone(),
+        );
+        r.register(
+            "notify_retransmissions",
+            "NOTIFYs retransmitted on Timer E over unreliable transports",
+            m.notify_retransmissions.clone(),
+        );
+        r.register(
+            "response_retransmissions",
+            "Responses sent again to a retransmitted request",
+            m.response_retransmissions.clone(),
+        );
         m
+    }
+
+    /// Counts one response sent.
+    pub fn count_response(&self, status: u16, outcome: &'static str) {
+        self.responses
+            .get_or_create(&ResponseLabels { status, outcome })
+            .inc();
     }
 }

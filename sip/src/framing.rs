@@ -31,6 +31,93 @@ pub fn parse_stream(buf: &[u8], max_len: usize) -> Result<Option<(Message, usize
     Ok(Some((head.into_message(body.to_vec()), skip + total)))
 }
 
+/// One unit cut from a stream by [`frame_stream`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// RFC 5626 §3.5.1 keep-alive "ping" (CRLF CRLF): answer with a CRLF "pong".
+    Ping,
+    /// A lone CRLF: a "pong", or padding between messages.
+    Pong,
+    /// The bytes of one message (head and `Content-Length` bytes of body), for
+    /// [`crate::parse_message`].
+    Message(Vec<u8>),
+}
+
+/// Why a stream cannot be framed any further: its connection must close (RFC 3261 §18.3:
+/// without a usable Content-Length the next message's start is unknown).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The head, or head and body, exceed the limit.
+    #[error("message larger than {0} bytes")]
+    TooLarge(usize),
+    /// Content-Length missing, unparseable, or given twice with different values.
+    #[error("no usable Content-Length on a stream transport")]
+    BadContentLength,
+}
+
+/// Cuts the next unit off the front of `buf`: `Ok(None)` = need more bytes, else the unit
+/// and the bytes it used. Only framing is done here (the head is scanned for
+/// `Content-Length`/`l` alone), so a message whose head does not parse still comes out
+/// whole and gets its 400 from the one parser every transport uses.
+pub fn frame_stream(buf: &[u8], max_len: usize) -> Result<Option<(Frame, usize)>, FrameError> {
+    if buf.starts_with(b"\r\n\r\n") {
+        return Ok(Some((Frame::Ping, 4)));
+    }
+    if buf.starts_with(b"\r\n") {
+        // CRLF then something else: a pong. CRLF alone (or CRLF CR): wait for more.
+        return match buf.get(2) {
+            None => Ok(None),
+            Some(b'\r') if buf.len() < 4 => Ok(None),
+            Some(_) => Ok(Some((Frame::Pong, 2))),
+        };
+    }
+    let window = buf.get(..max_len).unwrap_or(buf);
+    let Some(head_len) = find_head_end(window) else {
+        return if buf.len() >= max_len {
+            Err(FrameError::TooLarge(max_len))
+        } else {
+            Ok(None)
+        };
+    };
+    let head = buf.get(..head_len).unwrap_or_default();
+    let body_len = scan_content_length(head)?;
+    let total = head_len
+        .checked_add(body_len)
+        .filter(|t| *t <= max_len)
+        .ok_or(FrameError::TooLarge(max_len))?;
+    match buf.get(..total) {
+        Some(msg) => Ok(Some((Frame::Message(msg.to_vec()), total))),
+        None => Ok(None),
+    }
+}
+
+/// The Content-Length of a raw head (long or compact name, any case, folded values not
+/// supported for it): exactly one value, or several equal ones.
+fn scan_content_length(head: &[u8]) -> Result<usize, FrameError> {
+    let mut found: Option<usize> = None;
+    for line in head.split(|b| *b == b'\n').skip(1) {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = line.split_at(colon);
+        let name = name.trim_ascii();
+        if !(name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l")) {
+            continue;
+        }
+        let value = value.get(1..).unwrap_or_default().trim_ascii();
+        let n = std::str::from_utf8(value)
+            .ok()
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<usize>().ok())
+            .ok_or(FrameError::BadContentLength)?;
+        if found.is_some_and(|prev| prev != n) {
+            return Err(FrameError::BadContentLength);
+        }
+        found = Some(n);
+    }
+    found.ok_or(FrameError::BadContentLength)
+}
+
 /// Number of leading CRLF bytes, so a caller can drain keep-alives that arrive alone.
 pub fn skip_keepalives(buf: &[u8]) -> usize {
     leading_crlf_len(buf)
@@ -94,6 +181,47 @@ mod tests {
         assert_eq!(
             parse_stream(b"OPTIONS sip:a@b SIP/2.0\r\n\r\n", 4096),
             Err(ParseError::MissingContentLength)
+        );
+    }
+
+    #[test]
+    fn frames_cut_messages_pings_and_pongs_without_parsing_them() {
+        let bad_head = b"NOT A REQUEST LINE\r\nl: 2\r\n\r\nab";
+        let buf = [b"\r\n\r\n".as_slice(), MSG, b"\r\n", bad_head].concat();
+        let (f, n) = frame_stream(&buf, 4096).unwrap().unwrap();
+        assert_eq!((f, n), (Frame::Ping, 4));
+        let (f, n) = frame_stream(&buf[4..], 4096).unwrap().unwrap();
+        assert_eq!((f, n), (Frame::Message(MSG.to_vec()), MSG.len()));
+        let rest = &buf[4 + MSG.len()..];
+        assert_eq!(frame_stream(rest, 4096).unwrap().unwrap(), (Frame::Pong, 2));
+        assert_eq!(
+            frame_stream(&rest[2..], 4096).unwrap().unwrap(),
+            (Frame::Message(bad_head.to_vec()), bad_head.len())
+        );
+        for cut in 0..MSG.len() {
+            assert_eq!(frame_stream(&MSG[..cut], 4096), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(frame_stream(b"\r\n", 4096), Ok(None));
+        assert_eq!(frame_stream(b"\r\n\r", 4096), Ok(None));
+    }
+
+    #[test]
+    fn frames_need_one_content_length_and_stay_under_the_limit() {
+        assert_eq!(
+            frame_stream(b"OPTIONS sip:a@b SIP/2.0\r\n\r\n", 4096),
+            Err(FrameError::BadContentLength)
+        );
+        assert_eq!(
+            frame_stream(
+                b"OPTIONS sip:a@b SIP/2.0\r\nl: 1\r\nContent-Length: 2\r\n\r\nab",
+                4096
+            ),
+            Err(FrameError::BadContentLength)
+        );
+        assert_eq!(frame_stream(MSG, 20), Err(FrameError::TooLarge(20)));
+        assert_eq!(
+            frame_stream(&[b'A'; 100], 50),
+            Err(FrameError::TooLarge(50))
         );
     }
 

@@ -11,7 +11,8 @@
 //!   nothing is left.
 #![no_main]
 
-use conflist_proxy::dialog::{Action, DialogConfig, Dialogs, NotifyRetry};
+use conflist_proxy::dialog::{Action, DialogConfig, Dialogs, NotifyRetry, Transport};
+use conflist_proxy::transaction::Timers;
 use conflist_proxy::notifier::{
     Answer, Challenge, Command, Event, Notification, Reason, State, Verdict,
 };
@@ -59,8 +60,8 @@ impl Harness {
     fn new(max_dialogs: usize) -> Self {
         let cfg = DialogConfig {
             local_host: "127.0.0.1:8080".into(),
-            via_transport: "WS",
-            contact_transport: "ws",
+            transport: Transport::Ws,
+            timers: Timers::default(),
             notify_timeout: Duration::from_secs(32),
             max_dialogs,
             max_route_set_size: 200,
@@ -150,7 +151,19 @@ impl Harness {
         }
         for a in actions {
             match a {
-                Action::Send(msg) => {
+                Action::Resend(msg) => {
+                    let bytes = msg.to_bytes();
+                    assert!(
+                        sip::parse_message(&bytes).is_ok(),
+                        "resent a message that does not parse"
+                    );
+                }
+                Action::Respond { .. } | Action::Notify(_) => {
+                    let msg = match a {
+                        Action::Respond { response, .. } => Message::Response(response.clone()),
+                        Action::Notify(r) => Message::Request(r.clone()),
+                        _ => unreachable!(),
+                    };
                     let bytes = msg.to_bytes();
                     let again = sip::parse_message(&bytes).unwrap_or_else(|e| {
                         panic!(

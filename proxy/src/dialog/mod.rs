@@ -1,28 +1,33 @@
-//! The SIP side of every subscription on one connection, sans-IO.
+//! The SIP side of every subscription on one flow (a WebSocket, TCP or TLS connection, or
+//! a UDP source address), sans-IO.
 //!
 //! [`Dialogs`] takes SIP requests and responses from the client, Answers and Notifications
 //! from the notifier, and the time; it returns [`Action`]s for the shell in
 //! `transport::connection` to carry out. It owns each dialog's tags, CSeqs, route set and
-//! remote target (RFC 3261 §12), and the NOTIFY client transaction towards the client: one in
-//! flight per dialog, newer notifications queued behind it, CSeq strictly increasing, Timer F
-//! as a deadline (RFC 3261 §17.1.2.2; reliable transports never retransmit). An error answer
-//! with `Retry-After` is not a failed NOTIFY (RFC 6665 §4.2.2): the same notification goes out
-//! again after that delay, as a new transaction, a bounded number of times ([`NotifyRetry`]).
+//! remote target (RFC 3261 §12), the flow's server transactions (a retransmitted request
+//! gets the same response, never a second dialog) and, per dialog, the one NOTIFY in flight
+//! ([`delivery`]): newer notifications queue behind it, CSeq strictly increasing.
+//! Validation is in [`validate`], the choice of every SIP status in [`status`].
 //! No I/O, no clock, no global randomness: the caller passes `now` and a seed.
 
 mod build;
+mod delivery;
+pub mod status;
 #[cfg(test)]
 mod tests;
+mod validate;
+
+pub use delivery::{DEFAULT_NOTIFY_MAX_RETRY_AFTER, DEFAULT_NOTIFY_RETRIES, NotifyRetry};
+pub use status::{Rejection, Reply};
 
 use crate::notifier::{
-    Answer, Challenge, Command, Credentials, Event, Notification, Outcome, Reason, State,
-    SubscriptionId, Verdict, Window,
+    Answer, Command, Event, Notification, Outcome, Reason, State, SubscriptionId, Verdict,
 };
+use crate::transaction::{self, Answered, ClientEvent, Incoming, ServerTransactions, Timers};
+use delivery::{Attempt, InFlight};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use sip::{
-    Event as EventHeader, HeaderName, Message, Method, NameAddr, Request, Response, StatusCode, Uri,
-};
+use sip::{HeaderName, Message, Method, NameAddr, Request, Response, Uri};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -37,44 +42,64 @@ pub const ALLOW: &str = "SUBSCRIBE, OPTIONS";
 pub const MAX_QUEUED_NOTIFICATIONS: usize = 16;
 /// SUBSCRIBEs of one dialog waiting for the notifier at once.
 pub const MAX_PENDING_REQUESTS: usize = 4;
-/// Default [`NotifyRetry::max_retry_after`] (`--notify-max-retry-after`).
-pub const DEFAULT_NOTIFY_MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
-/// Default [`NotifyRetry::max_retries`] (`--notify-retries`).
-pub const DEFAULT_NOTIFY_RETRIES: u32 = 3;
 
-/// How a NOTIFY answered with an error carrying `Retry-After` is retried. RFC 6665 §4.2.2
-/// counts only a timeout or an error without Retry-After as a failed NOTIFY; the bounds keep
-/// a client that always asks for more time from holding its dialog forever.
+/// The SIP transport of a flow: what goes in our Via and Contact, and whether the
+/// transport is reliable (RFC 3261 §17: no retransmissions, Timers J and K zero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NotifyRetry {
-    /// Longest Retry-After honoured; an answer asking for longer ends the subscription.
-    pub max_retry_after: Duration,
-    /// Retries of one notification; the next error answer ends the subscription. Zero
-    /// ends it at the first error, with or without Retry-After.
-    pub max_retries: u32,
+pub enum Transport {
+    /// SIP over WebSocket (RFC 7118).
+    Ws,
+    /// SIP over secure WebSocket.
+    Wss,
+    /// SIP over UDP.
+    Udp,
+    /// SIP over TCP.
+    Tcp,
+    /// SIP over TLS (RFC 3261 §26.2).
+    Tls,
 }
 
-impl Default for NotifyRetry {
-    fn default() -> Self {
-        Self {
-            max_retry_after: DEFAULT_NOTIFY_MAX_RETRY_AFTER,
-            max_retries: DEFAULT_NOTIFY_RETRIES,
+impl Transport {
+    /// The Via transport token.
+    pub fn via(self) -> &'static str {
+        match self {
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
+    }
+
+    /// The `transport=` parameter of our Contact.
+    pub fn contact_param(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    /// Reliable (stream) transports never retransmit.
+    pub fn reliable(self) -> bool {
+        self != Transport::Udp
     }
 }
 
-/// Settings shared by every connection's dialogs.
+/// Settings shared by every flow's dialogs.
 #[derive(Debug, Clone)]
 pub struct DialogConfig {
     /// `host:port` this proxy puts in Via and Contact.
     pub local_host: String,
-    /// Via transport token, e.g. `WS`.
-    pub via_transport: &'static str,
-    /// `transport=` parameter of our Contact, e.g. `ws`.
-    pub contact_transport: &'static str,
+    /// The transport of the listener.
+    pub transport: Transport,
+    /// T1, T2, T4.
+    pub timers: Timers,
     /// Timer F for NOTIFY: no final answer by then = failed delivery.
     pub notify_timeout: Duration,
-    /// Most dialogs on one connection (a gateway multiplexes many).
+    /// Most dialogs on one flow (a gateway multiplexes many).
     pub max_dialogs: usize,
     /// Most bytes of Record-Route a dialog stores as its route set (RFC 3261 §12.1.1).
     pub max_route_set_size: usize,
@@ -89,9 +114,20 @@ pub struct DialogConfig {
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Send this message to the client on this connection.
-    Send(Message),
-    /// Route notifier events for `sub` to this connection; pick its notifier by `subscriber`.
+    /// Send this response to the client; `outcome` is its label in
+    /// `conflist_proxy_responses_total` ([`Reply::label`]).
+    Respond {
+        /// The response.
+        response: Response,
+        /// Why it was sent.
+        outcome: &'static str,
+    },
+    /// Send this NOTIFY to the client (a new transaction).
+    Notify(Request),
+    /// Send this message again, unchanged: a NOTIFY on Timer E, or the response to a
+    /// retransmitted request.
+    Resend(Message),
+    /// Route notifier events for `sub` to this flow; pick its notifier by `subscriber`.
     /// Always precedes the subscription's first command.
     Route {
         /// The new subscription.
@@ -116,6 +152,16 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// True for the actions that write to the client.
+    pub fn is_send(&self) -> bool {
+        matches!(
+            self,
+            Action::Respond { .. } | Action::Notify(_) | Action::Resend(_)
+        )
+    }
+}
+
 /// The per-dialog limits the core enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
@@ -131,24 +177,6 @@ enum Phase {
     Establishing,
     /// 200 sent.
     Active,
-}
-
-/// The dialog's one notification between the notifier and the client: a NOTIFY transaction
-/// (Timer F at `deadline`), or one waiting until `deadline` to be sent again.
-#[derive(Debug)]
-struct InFlight {
-    /// The transaction's branch; `None` while waiting to retry after `Retry-After`.
-    branch: Option<String>,
-    cseq: u32,
-    version: u64,
-    deadline: Instant,
-    terminal: bool,
-    /// What was sent, for a retry.
-    note: Notification,
-    /// When it was first sent: a retry counts its `expires` down from there.
-    first_sent: Instant,
-    /// Retries so far.
-    retries: u32,
 }
 
 #[derive(Debug)]
@@ -170,10 +198,12 @@ struct Dialog {
     /// Requests waiting for the notifier's Answer, by request id.
     pending: Vec<(u64, Request)>,
     in_flight: Option<InFlight>,
+    /// The deadline of `in_flight` as entered in [`Dialogs::deadlines`].
+    scheduled: Option<Instant>,
     queue: VecDeque<Notification>,
 }
 
-/// Every dialog of one connection.
+/// Every dialog of one flow.
 #[derive(Debug)]
 pub struct Dialogs {
     cfg: DialogConfig,
@@ -186,7 +216,10 @@ pub struct Dialogs {
     by_key: HashMap<(String, String), SubscriptionId>,
     /// NOTIFY branch → subscription.
     by_branch: HashMap<String, SubscriptionId>,
+    /// When each dialog's notification in flight needs the core again.
     deadlines: BTreeSet<(Instant, SubscriptionId)>,
+    /// The flow's server transactions.
+    server: ServerTransactions,
     /// The identity the notifier authenticated on this flow (DESIGN: identity binds to the
     /// flow that created it) and until when it is offered; later SUBSCRIBEs without
     /// credentials on this flow carry it. A refused sign-in on the flow forgets it.
@@ -196,10 +229,11 @@ pub struct Dialogs {
 }
 
 impl Dialogs {
-    /// Dialogs of one connection. `id_prefix` makes subscription ids unique proxy-wide; `seed`
+    /// Dialogs of one flow. `id_prefix` makes subscription ids unique proxy-wide; `seed`
     /// feeds tags and branches (the shell passes OS randomness, tests a constant).
     pub fn new(cfg: DialogConfig, id_prefix: String, seed: u64) -> Self {
         Self {
+            server: ServerTransactions::new(cfg.timers, cfg.transport.reliable()),
             cfg,
             id_prefix,
             rng: SmallRng::seed_from_u64(seed),
@@ -237,9 +271,19 @@ impl Dialogs {
         self.dialogs.is_empty()
     }
 
-    /// The earliest NOTIFY transaction deadline.
+    /// True when the flow holds nothing at all: no dialog and no server transaction still
+    /// answering retransmissions (a UDP flow may go then).
+    pub fn is_idle(&self) -> bool {
+        self.dialogs.is_empty() && self.server.is_empty()
+    }
+
+    /// When [`Dialogs::on_timeout`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(at, _)| *at)
+        let notify = self.deadlines.first().map(|(at, _)| *at);
+        match (notify, self.server.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// A request from the client (already parsed; Via already stamped with received/rport).
@@ -247,74 +291,58 @@ impl Dialogs {
         if req.method == Method::Ack {
             return Vec::new(); // never answered (RFC 3261 §17.2.1)
         }
-        if let Err(e) = sip::validate::check_request(&req) {
-            return vec![reply(
-                &req,
-                StatusCode::BAD_REQUEST,
-                Some(&e.to_string()),
-                |_| {},
-            )];
+        match self.server.on_request(&req, now) {
+            Incoming::New => {}
+            Incoming::Absorbed => return Vec::new(),
+            Incoming::Repeat(resp) => return vec![Action::Resend(Message::Response(*resp))],
         }
-        let to_tag = to_tag(&req);
-        match (&req.method, to_tag) {
+        let actions = self.serve(req, now);
+        self.record(actions, now)
+    }
+
+    fn serve(&mut self, req: Request, now: Instant) -> Vec<Action> {
+        if let Err(e) = sip::validate::check_request(&req) {
+            return vec![reject(&req, &Rejection::Malformed(e.to_string()))];
+        }
+        match (&req.method, validate::to_tag(&req)) {
             (Method::Subscribe, None) => self.on_initial_subscribe(req, now),
-            (Method::Subscribe, Some(tag)) => self.on_refresh(req, &tag, now),
-            (Method::Options, None) => {
-                // RFC 3261 §8.2.2.1 and §8.2.2.3 hold for every request (RFC 4475 §3.3.2,
-                // §3.3.3, §3.3.5); a SUBSCRIBE meets them in `check_initial`.
-                if !req.uri.is_sip() {
-                    return vec![reply(
-                        &req,
-                        StatusCode::UNSUPPORTED_URI_SCHEME,
-                        None,
-                        |_| {},
-                    )];
-                }
-                let required: Vec<&str> = req.headers.get_split(&HeaderName::REQUIRE).collect();
-                if !required.is_empty() {
-                    let unsupported = required.join(", ");
-                    return vec![reply(&req, StatusCode::BAD_EXTENSION, None, |h| {
-                        h.push(HeaderName::UNSUPPORTED, unsupported);
-                    })];
-                }
-                vec![reply(&req, StatusCode::OK, None, |h| {
-                    h.push(HeaderName::ALLOW, ALLOW);
-                    h.push(HeaderName::ACCEPT, CONTENT_TYPE);
-                    h.push(HeaderName::ALLOW_EVENTS, EVENT_PACKAGE);
-                })]
-            }
-            (_, Some(tag)) => {
-                if self.find(&req, &tag).is_some() {
-                    vec![reply(&req, StatusCode::METHOD_NOT_ALLOWED, None, |h| {
-                        h.push(HeaderName::ALLOW, ALLOW);
-                    })]
-                } else {
-                    vec![reply(&req, StatusCode::CALL_DOES_NOT_EXIST, None, |_| {})]
-                }
-            }
+            (Method::Subscribe, Some(tag)) => self.on_refresh(req, &tag),
+            (Method::Options, None) => match validate::check_common(&req) {
+                Err(r) => vec![reject(&req, &r)],
+                Ok(()) => vec![respond(&req, Reply::Capabilities, None)],
+            },
+            (_, Some(tag)) => match self.find(&req, &tag) {
+                Some(_) => vec![reject(&req, &Rejection::MethodNotAllowed)],
+                None => vec![reject(&req, &Rejection::NoSuchDialog)],
+            },
             (Method::Notify | Method::Cancel, None) => {
-                vec![reply(&req, StatusCode::CALL_DOES_NOT_EXIST, None, |_| {})]
+                vec![reject(&req, &Rejection::NoSuchDialog)]
             }
-            (_, None) => vec![reply(&req, StatusCode::METHOD_NOT_ALLOWED, None, |h| {
-                h.push(HeaderName::ALLOW, ALLOW);
-            })],
+            (_, None) => vec![reject(&req, &Rejection::MethodNotAllowed)],
         }
     }
 
+    /// Notes every final response among `actions` in the server transactions.
+    fn record(&mut self, actions: Vec<Action>, now: Instant) -> Vec<Action> {
+        for a in &actions {
+            if let Action::Respond { response, .. } = a {
+                self.server.on_response(response, now);
+            }
+        }
+        actions
+    }
+
     fn on_initial_subscribe(&mut self, req: Request, now: Instant) -> Vec<Action> {
-        let checked = match check_initial(&req, self.cfg.max_route_set_size) {
+        let checked = match validate::check_initial(&req, self.cfg.max_route_set_size) {
             Ok(c) => c,
-            Err(Refusal::Limit(limit, response)) => return vec![*response, Action::Refused(limit)],
-            Err(Refusal::Invalid(response)) => return vec![*response],
+            Err(r @ Rejection::RouteSetTooLarge) => {
+                return vec![reject(&req, &r), Action::Refused(Limit::RouteSet)];
+            }
+            Err(r) => return vec![reject(&req, &r)],
         };
         if self.dialogs.len() >= self.cfg.max_dialogs {
             return vec![
-                reply(
-                    &req,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Some("Too many subscriptions on this connection"),
-                    |h| h.push(HeaderName::RETRY_AFTER, "30"),
-                ),
+                reject(&req, &Rejection::TooManyDialogs),
                 Action::Refused(Limit::DialogsPerConnection),
             ];
         }
@@ -324,27 +352,6 @@ impl Dialogs {
         let local_tag = self.random_hex();
         let mut local = checked.to;
         local.set_tag(&local_tag);
-        let remote_cseq = checked.cseq;
-        let dialog = Dialog {
-            phase: Phase::Establishing,
-            call_id: checked.call_id.clone(),
-            local_tag: local_tag.clone(),
-            remote_tag: checked.from_tag,
-            local,
-            remote: checked.from,
-            remote_target: checked.contact,
-            route_set: req
-                .headers
-                .get_split(&HeaderName::RECORD_ROUTE)
-                .map(str::to_owned)
-                .collect(),
-            event: checked.event,
-            local_cseq: 0,
-            remote_cseq,
-            pending: Vec::new(),
-            in_flight: None,
-            queue: VecDeque::new(),
-        };
         let command = Command::Subscribe {
             sub: sub.clone(),
             request_id,
@@ -362,8 +369,23 @@ impl Dialogs {
             client_address: self.client_address.clone(),
             window: checked.window,
         };
-        let mut dialog = dialog;
-        dialog.pending.push((request_id, req));
+        let dialog = Dialog {
+            phase: Phase::Establishing,
+            call_id: checked.call_id.clone(),
+            local_tag: local_tag.clone(),
+            remote_tag: checked.from_tag,
+            local,
+            remote: checked.from,
+            remote_target: checked.contact,
+            route_set: checked.route_set,
+            event: checked.event,
+            local_cseq: 0,
+            remote_cseq: checked.cseq,
+            pending: vec![(request_id, req)],
+            in_flight: None,
+            scheduled: None,
+            queue: VecDeque::new(),
+        };
         self.by_key
             .insert((checked.call_id, local_tag), sub.clone());
         self.dialogs.insert(sub.clone(), dialog);
@@ -376,93 +398,45 @@ impl Dialogs {
         ]
     }
 
-    fn on_refresh(&mut self, req: Request, tag: &str, _now: Instant) -> Vec<Action> {
+    fn on_refresh(&mut self, req: Request, tag: &str) -> Vec<Action> {
         let Some(sub) = self.find(&req, tag) else {
-            return vec![reply(&req, StatusCode::CALL_DOES_NOT_EXIST, None, |_| {})];
+            return vec![reject(&req, &Rejection::NoSuchDialog)];
         };
-        let cseq = cseq_of(&req);
-        let event = req.headers.get(&HeaderName::EVENT).map(EventHeader::parse);
-        let expires = match optional_seconds(&req, &HeaderName::EXPIRES) {
-            Ok(e) => e,
-            Err(r) => return vec![*r],
-        };
-        let credentials = match credentials_of(&req) {
-            Ok(c) => c,
-            Err(r) => return vec![*r],
+        let refresh = match validate::check_refresh(&req) {
+            Ok(r) => r,
+            Err(r) => return vec![reject(&req, &r)],
         };
         let request_id = self.take_request_id();
         let Some(d) = self.dialogs.get_mut(&sub) else {
-            return vec![reply(&req, StatusCode::CALL_DOES_NOT_EXIST, None, |_| {})];
+            return vec![reject(&req, &Rejection::NoSuchDialog)];
         };
-        if cseq <= d.remote_cseq {
-            return vec![reply(
-                &req,
-                StatusCode::SERVER_INTERNAL_ERROR,
-                Some("CSeq out of order"),
-                |_| {},
-            )];
+        if refresh.cseq <= d.remote_cseq {
+            return vec![reject(&req, &Rejection::CSeqOutOfOrder)];
         }
-        match event {
-            Some(Ok(e)) if e.package == EVENT_PACKAGE => {}
-            Some(Ok(_)) => return vec![bad_event(&req)],
-            Some(Err(_)) => {
-                return vec![reply(
-                    &req,
-                    StatusCode::BAD_REQUEST,
-                    Some("Bad Event"),
-                    |_| {},
-                )];
-            }
-            None => {
-                return vec![reply(
-                    &req,
-                    StatusCode::BAD_REQUEST,
-                    Some("Missing Event"),
-                    |_| {},
-                )];
-            }
-        }
-        d.remote_cseq = cseq;
+        d.remote_cseq = refresh.cseq;
         if d.phase != Phase::Active || d.pending.len() >= MAX_PENDING_REQUESTS {
-            return vec![reply(
-                &req,
-                StatusCode::SERVER_INTERNAL_ERROR,
-                Some("Request pending"),
-                |h| {
-                    h.push(HeaderName::RETRY_AFTER, "1");
-                },
-            )];
+            return vec![reject(&req, &Rejection::RequestPending)];
         }
-        // RFC 3261 §12.2.2: a target refresh request may replace the remote target.
-        if let Some(contact) = req.headers.get_split(&HeaderName::CONTACT).next() {
-            match NameAddr::parse(contact) {
-                Ok(c) => d.remote_target = c.uri,
-                Err(_) => {
-                    return vec![reply(
-                        &req,
-                        StatusCode::BAD_REQUEST,
-                        Some("Bad Contact"),
-                        |_| {},
-                    )];
-                }
-            }
+        if let Some(target) = refresh.contact {
+            d.remote_target = target;
         }
         d.pending.push((request_id, req));
         vec![Action::Upstream(Command::Refresh {
             sub,
             request_id,
-            expires,
-            credentials,
+            expires: refresh.expires,
+            credentials: refresh.credentials,
             client_address: self.client_address.clone(),
         })]
     }
 
-    /// Something the notifier sent for a subscription of this connection.
+    /// Something the notifier sent for a subscription of this flow.
     pub fn on_event(&mut self, event: Event, now: Instant) -> Vec<Action> {
-        match event {
+        let actions = match event {
             Event::Answer(a) => self.on_answer(&a, now),
             Event::Notification(n) => self.on_notification(n, now),
-        }
+        };
+        self.record(actions, now)
     }
 
     fn on_answer(&mut self, answer: &Answer, now: Instant) -> Vec<Action> {
@@ -479,39 +453,24 @@ impl Dialogs {
         };
         let (_, req) = d.pending.remove(pos);
         let initial = d.phase == Phase::Establishing;
-        let local_tag = d.local_tag.clone();
-        let with_tag = |h: &mut sip::Headers| set_to_tag(h, &local_tag);
+        let tag = Some(d.local_tag.as_str());
         let response = match &answer.verdict {
             Verdict::Ok { granted, identity } => {
                 d.phase = Phase::Active;
+                let reply = Reply::Granted {
+                    expires: *granted,
+                    contact: &contact,
+                };
+                let response = respond(&req, reply, tag);
                 let lifetime = self.cfg.flow_identity_lifetime;
                 if let Some(id) = identity
                     && !lifetime.is_zero()
                 {
                     self.flow_identity = Some((id.clone(), now + lifetime));
                 }
-                reply(&req, StatusCode::OK, None, |h| {
-                    with_tag(h);
-                    h.push(HeaderName::CONTACT, contact.clone());
-                    h.push(HeaderName::EXPIRES, granted.to_string());
-                })
+                response
             }
-            verdict => reply(&req, verdict_status(verdict), None, |h| {
-                with_tag(h);
-                match verdict {
-                    Verdict::IntervalTooBrief { min } => {
-                        h.push(HeaderName::MIN_EXPIRES, min.to_string())
-                    }
-                    Verdict::BadEvent => h.push(HeaderName::ALLOW_EVENTS, EVENT_PACKAGE),
-                    Verdict::NotAcceptable => h.push(HeaderName::ACCEPT, CONTENT_TYPE),
-                    Verdict::Unavailable { retry_after } => h.push(
-                        HeaderName::RETRY_AFTER,
-                        retry_after.unwrap_or(5).to_string(),
-                    ),
-                    Verdict::Unauthorized(challenge) => push_challenges(h, challenge),
-                    _ => {}
-                }
-            }),
+            verdict => respond(&req, Reply::Refused(verdict), tag),
         };
         if matches!(
             answer.verdict,
@@ -549,12 +508,10 @@ impl Dialogs {
             // The notifier answers before it notifies, so this is the proxy's own end of a
             // lost session: the SUBSCRIBE waiting for that Answer gets 503 now rather than
             // never (the client retries, RFC 3261 §21.5.4).
-            let mut actions = Vec::new();
-            for (_, req) in std::mem::take(&mut d.pending) {
-                actions.push(reply(&req, StatusCode::SERVICE_UNAVAILABLE, None, |h| {
-                    h.push(HeaderName::RETRY_AFTER, "1")
-                }));
-            }
+            let mut actions: Vec<Action> = std::mem::take(&mut d.pending)
+                .into_iter()
+                .map(|(_, req)| reject(&req, &Rejection::UpstreamLost))
+                .collect();
             self.remove(&n.sub, &mut actions);
             return actions;
         }
@@ -568,7 +525,7 @@ impl Dialogs {
             return Vec::new();
         }
         let mut actions = Vec::new();
-        self.send_notify(n, now, &mut actions);
+        self.transmit(InFlight::new(n, now), now, &mut actions);
         actions
     }
 
@@ -579,42 +536,58 @@ impl Dialogs {
             .and_then(|v| v.into_iter().next())
             .and_then(|v| v.branch().map(str::to_owned));
         let Some(sub) = branch.and_then(|b| self.by_branch.get(&b).cloned()) else {
-            return Vec::new(); // stray or late response
-        };
-        if resp.status.is_provisional() {
-            return Vec::new();
-        }
-        let Some(d) = self.dialogs.get_mut(&sub) else {
+            // Stray, late, or a retransmitted answer to a transaction already complete
+            // (what Timer K absorbs): nothing matches any more.
             return Vec::new();
         };
-        let cseq_ok = resp
-            .headers
-            .get(&HeaderName::CSEQ)
-            .and_then(|c| sip::CSeq::parse(c).ok())
-            .zip(d.in_flight.as_ref())
-            .is_some_and(|(c, f)| c.seq == f.cseq && c.method == Method::Notify);
-        if !cseq_ok {
-            return Vec::new();
+        let answered = {
+            let Some(Attempt::Sent { cseq, tx, .. }) = self
+                .dialogs
+                .get_mut(&sub)
+                .and_then(|d| d.in_flight.as_mut())
+                .map(|f| &mut f.attempt)
+            else {
+                return Vec::new();
+            };
+            let cseq_ok = resp
+                .headers
+                .get(&HeaderName::CSEQ)
+                .and_then(|c| sip::CSeq::parse(c).ok())
+                .is_some_and(|c| c.seq == *cseq && c.method == Method::Notify);
+            if !cseq_ok {
+                return Vec::new();
+            }
+            tx.on_response(resp.status.is_final(), now)
+        };
+        match answered {
+            Answered::Provisional => {
+                self.reschedule(&sub);
+                return Vec::new();
+            }
+            Answered::Absorbed => return Vec::new(),
+            Answered::Final => {}
         }
-        let Some(mut done) = d.in_flight.take() else {
+        let Some(mut done) = self.dialogs.get_mut(&sub).and_then(|d| d.in_flight.take()) else {
             return Vec::new();
         };
-        if let Some(branch) = done.branch.take() {
-            self.by_branch.remove(&branch);
+        if let Some(branch) = done.branch() {
+            self.by_branch.remove(branch);
         }
-        self.deadlines.remove(&(done.deadline, sub.clone()));
+        self.reschedule(&sub);
         let accepted = resp.status.is_success();
         let retry = (!accepted)
-            .then(|| retry_delay(resp, &done, self.cfg.notify_retry))
+            .then(|| done.retry_delay(resp, self.cfg.notify_retry))
             .flatten()
             .and_then(|after| Some((after, now.checked_add(after)?)));
-        if let Some((after, at)) = retry {
+        if let Some((after, until)) = retry {
             // Not a failed NOTIFY (RFC 6665 §4.2.2): the same notification waits for the
             // delay, still in flight, so newer ones keep queueing behind it.
-            done.deadline = at;
+            done.attempt = Attempt::Waiting { until };
             done.retries += 1;
-            self.deadlines.insert((done.deadline, sub.clone()));
-            d.in_flight = Some(done);
+            if let Some(d) = self.dialogs.get_mut(&sub) {
+                d.in_flight = Some(done);
+            }
+            self.reschedule(&sub);
             return vec![Action::NotifyRetry { sub, after }];
         }
         let outcome = if accepted {
@@ -623,10 +596,10 @@ impl Dialogs {
             Outcome::Rejected
         };
         let mut actions = Vec::new();
-        if done.version_known() {
+        if let Some(version) = done.version {
             actions.push(Action::Upstream(Command::Delivered {
                 sub: sub.clone(),
-                version: done.version,
+                version,
                 outcome,
             }));
         }
@@ -638,31 +611,68 @@ impl Dialogs {
         actions
     }
 
-    /// NOTIFY transactions whose Timer F fired by `now` fail; their dialogs end. NOTIFYs
-    /// waiting out a `Retry-After` until `now` go out again.
+    /// The timers due at `now`: NOTIFYs retransmitted (Timer E) or failed (Timer F, the
+    /// dialog ends), NOTIFYs waiting out a `Retry-After` sent again, server transactions
+    /// forgotten (Timer J).
     pub fn on_timeout(&mut self, now: Instant) -> Vec<Action> {
+        self.server.on_timer(now);
         let mut actions = Vec::new();
         while let Some((at, sub)) = self.deadlines.first().cloned() {
             if at > now {
                 break;
             }
             self.deadlines.pop_first();
-            let Some(done) = self.dialogs.get_mut(&sub).and_then(|d| d.in_flight.take()) else {
-                continue;
+            let due = {
+                let Some(d) = self.dialogs.get_mut(&sub) else {
+                    continue;
+                };
+                d.scheduled = None;
+                let Some(flight) = d.in_flight.as_mut() else {
+                    continue;
+                };
+                match &mut flight.attempt {
+                    Attempt::Waiting { until } if *until <= now => Due::Retry,
+                    Attempt::Waiting { .. } => Due::Nothing,
+                    Attempt::Sent { tx, request, .. } => match tx.on_timer(now) {
+                        Some(ClientEvent::TimedOut) => Due::TimedOut,
+                        Some(ClientEvent::Retransmit) => {
+                            if let Some(r) = request {
+                                actions.push(Action::Resend(Message::Request((**r).clone())));
+                            }
+                            Due::Nothing
+                        }
+                        Some(ClientEvent::Terminated) | None => Due::Nothing,
+                    },
+                }
             };
-            let Some(branch) = &done.branch else {
-                self.retry_notify(done, now, &mut actions);
-                continue;
-            };
-            self.by_branch.remove(branch);
-            if done.version_known() {
-                actions.push(Action::Upstream(Command::Delivered {
-                    sub: sub.clone(),
-                    version: done.version,
-                    outcome: Outcome::Timeout,
-                }));
+            match due {
+                Due::Retry => {
+                    if let Some(flight) =
+                        self.dialogs.get_mut(&sub).and_then(|d| d.in_flight.take())
+                    {
+                        self.transmit(flight, now, &mut actions);
+                    }
+                }
+                Due::TimedOut => {
+                    let Some(done) = self.dialogs.get_mut(&sub).and_then(|d| d.in_flight.take())
+                    else {
+                        continue;
+                    };
+                    if let Some(branch) = done.branch() {
+                        self.by_branch.remove(branch);
+                    }
+                    if let Some(version) = done.version {
+                        actions.push(Action::Upstream(Command::Delivered {
+                            sub: sub.clone(),
+                            version,
+                            outcome: Outcome::Timeout,
+                        }));
+                    }
+                    self.remove(&sub, &mut actions);
+                }
+                // Retransmitted, or nothing due yet: wait for the next deadline.
+                Due::Nothing => self.reschedule(&sub),
             }
-            self.remove(&sub, &mut actions);
         }
         actions
     }
@@ -675,29 +685,38 @@ impl Dialogs {
         for sub in subs {
             actions.push(Action::Upstream(Command::Unsubscribe { sub: sub.clone() }));
             let note = Notification::terminated(sub.clone(), Reason::Deactivated);
-            match self.dialogs.get_mut(&sub) {
+            let (active, waiting) = match self.dialogs.get_mut(&sub) {
                 Some(d) if d.phase == Phase::Active => {
                     d.queue.clear();
-                    if d.in_flight.as_ref().is_some_and(|f| f.branch.is_none())
-                        && let Some(f) = d.in_flight.take()
-                    {
-                        // Waiting out a Retry-After: the final word replaces the retry (the
-                        // notifier is being told Unsubscribe anyway).
-                        self.deadlines.remove(&(f.deadline, sub.clone()));
-                    }
-                    if d.in_flight.is_none() {
-                        self.send_notify(note, now, &mut actions);
-                    } else {
-                        d.queue.push_back(note);
-                    }
+                    let waiting = d
+                        .in_flight
+                        .as_ref()
+                        .is_some_and(|f| matches!(f.attempt, Attempt::Waiting { .. }));
+                    (true, waiting)
                 }
-                _ => self.remove(&sub, &mut actions),
+                _ => (false, false),
+            };
+            if !active {
+                self.remove(&sub, &mut actions);
+                continue;
+            }
+            if waiting {
+                // Waiting out a Retry-After: the final word replaces the retry (the
+                // notifier is being told Unsubscribe anyway).
+                if let Some(d) = self.dialogs.get_mut(&sub) {
+                    d.in_flight = None;
+                }
+                self.reschedule(&sub);
+            }
+            match self.dialogs.get_mut(&sub) {
+                Some(d) if d.in_flight.is_some() => d.queue.push_back(note),
+                _ => self.transmit(InFlight::new(note, now), now, &mut actions),
             }
         }
         actions
     }
 
-    /// The connection is gone: every dialog ends without a word to the client.
+    /// The flow is gone: every dialog ends without a word to the client.
     pub fn on_close(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();
         let subs: Vec<SubscriptionId> = self.dialogs.keys().cloned().collect();
@@ -711,76 +730,70 @@ impl Dialogs {
     fn send_next(&mut self, sub: &str, now: Instant, actions: &mut Vec<Action>) {
         let next = self.dialogs.get_mut(sub).and_then(|d| d.queue.pop_front());
         if let Some(n) = next {
-            self.send_notify(n, now, actions);
+            self.transmit(InFlight::new(n, now), now, actions);
         }
     }
 
-    fn send_notify(&mut self, n: Notification, now: Instant, actions: &mut Vec<Action>) {
-        let terminal = matches!(n.state, State::Terminated(_));
-        let version = if n.content_type.is_some() || !terminal {
-            n.version
-        } else {
-            u64::MAX
-        };
-        let flight = InFlight {
-            branch: None,
-            cseq: 0,
-            version,
-            deadline: now,
-            terminal,
-            note: n,
-            first_sent: now,
-            retries: 0,
-        };
-        self.transmit(flight, now, actions);
-    }
-
-    /// Sends the notification waiting out a Retry-After again: same version and body, a new
-    /// transaction (new branch, next CSeq), `expires` counted down from the first attempt.
-    fn retry_notify(&mut self, mut flight: InFlight, now: Instant, actions: &mut Vec<Action>) {
-        if !flight.terminal {
-            // Still active: never 0 (that reads as the end), the notifier ends it on time.
-            let elapsed = now.saturating_duration_since(flight.first_sent).as_secs();
-            let left = u64::from(flight.note.expires)
-                .saturating_sub(elapsed)
-                .max(1);
-            flight.note.expires = u32::try_from(left).unwrap_or(u32::MAX);
-        }
-        self.transmit(flight, now, actions);
-    }
-
-    /// Starts a NOTIFY transaction for `flight` (a new branch, the next CSeq, Timer F).
+    /// Starts a NOTIFY transaction for `flight`: a new branch, the next CSeq, Timer E (over
+    /// UDP) and Timer F.
     fn transmit(&mut self, mut flight: InFlight, now: Instant, actions: &mut Vec<Action>) {
         let branch = format!("z9hG4bK{}", self.random_hex());
         let contact = self.contact();
         let via = format!(
             "SIP/2.0/{} {};branch={branch}",
-            self.cfg.via_transport, self.cfg.local_host
+            self.cfg.transport.via(),
+            self.cfg.local_host
         );
-        let deadline = now + self.cfg.notify_timeout;
         let sub = flight.note.sub.clone();
+        let reliable = self.cfg.transport.reliable();
+        let tx =
+            transaction::Client::start(self.cfg.timers, reliable, self.cfg.notify_timeout, now);
         let Some(d) = self.dialogs.get_mut(&sub) else {
             return;
         };
         d.local_cseq += 1;
-        let request = build::notify(d, &flight.note, &via, &contact);
-        flight.branch = Some(branch.clone());
-        flight.cseq = d.local_cseq;
-        flight.deadline = deadline;
+        let note = if flight.retries > 0 {
+            flight.for_retry(now)
+        } else {
+            &flight.note
+        };
+        let request = build::notify(d, note, &via, &contact);
+        flight.attempt = Attempt::Sent {
+            branch: branch.clone(),
+            cseq: d.local_cseq,
+            request: (!reliable).then(|| Box::new(request.clone())),
+            tx,
+        };
         d.in_flight = Some(flight);
         self.by_branch.insert(branch, sub.clone());
-        self.deadlines.insert((deadline, sub));
-        actions.push(Action::Send(Message::Request(request)));
+        self.reschedule(&sub);
+        actions.push(Action::Notify(request));
+    }
+
+    /// Puts `sub`'s notification in flight at its current deadline in [`Self::deadlines`].
+    fn reschedule(&mut self, sub: &str) {
+        let Some(d) = self.dialogs.get_mut(sub) else {
+            return;
+        };
+        if let Some(old) = d.scheduled.take() {
+            self.deadlines.remove(&(old, sub.to_owned()));
+        }
+        if let Some(at) = d.in_flight.as_ref().and_then(InFlight::deadline) {
+            d.scheduled = Some(at);
+            self.deadlines.insert((at, sub.to_owned()));
+        }
     }
 
     fn remove(&mut self, sub: &str, actions: &mut Vec<Action>) {
         if let Some(d) = self.dialogs.remove(sub) {
             self.by_key.remove(&(d.call_id, d.local_tag));
-            if let Some(f) = d.in_flight {
-                if let Some(branch) = &f.branch {
-                    self.by_branch.remove(branch);
-                }
-                self.deadlines.remove(&(f.deadline, sub.to_owned()));
+            if let Some(f) = &d.in_flight
+                && let Some(branch) = f.branch()
+            {
+                self.by_branch.remove(branch);
+            }
+            if let Some(at) = d.scheduled {
+                self.deadlines.remove(&(at, sub.to_owned()));
             }
             actions.push(Action::Unroute(sub.to_owned()));
         }
@@ -791,7 +804,7 @@ impl Dialogs {
         let sub = self
             .by_key
             .get(&(call_id.to_owned(), local_tag.to_owned()))?;
-        let from_tag = from_tag(req)?;
+        let from_tag = validate::from_tag(req)?;
         let d = self.dialogs.get(sub)?;
         (d.remote_tag == from_tag).then(|| sub.clone())
     }
@@ -799,7 +812,8 @@ impl Dialogs {
     fn contact(&self) -> String {
         format!(
             "<sip:conflist@{};transport={}>",
-            self.cfg.local_host, self.cfg.contact_transport
+            self.cfg.local_host,
+            self.cfg.transport.contact_param()
         )
     }
 
@@ -813,320 +827,25 @@ impl Dialogs {
     }
 }
 
-impl InFlight {
-    /// Body-less terminal NOTIFYs the proxy made itself carry no notifier version.
-    fn version_known(&self) -> bool {
-        self.version != u64::MAX
+/// What a timer due for a notification in flight asks for.
+enum Due {
+    /// The Retry-After wait is over: send it again.
+    Retry,
+    /// Timer F: the delivery failed.
+    TimedOut,
+    /// Nothing more now (a retransmission went out, or it is not due yet).
+    Nothing,
+}
+
+/// The response action for `reply` to `req`.
+fn respond(req: &Request, reply: Reply<'_>, to_tag: Option<&str>) -> Action {
+    Action::Respond {
+        response: status::respond(req, reply, to_tag),
+        outcome: reply.label(),
     }
 }
 
-/// How long to wait before sending `flight` again after the error answer `resp`, if at all.
-/// RFC 6665 §4.2.2: a non-2xx answer without `Retry-After` fails the NOTIFY; one with it
-/// does not. 481 always ends the dialog (RFC 3261 §12.2.1.2), terminal notifications are
-/// not retried (the subscription ends either way), and `policy` bounds the delay and the
-/// number of attempts.
-fn retry_delay(resp: &Response, flight: &InFlight, policy: NotifyRetry) -> Option<Duration> {
-    if resp.status == StatusCode::CALL_DOES_NOT_EXIST
-        || flight.terminal
-        || flight.retries >= policy.max_retries
-    {
-        return None;
-    }
-    let after = Duration::from_secs(retry_after(resp)?.into());
-    (after <= policy.max_retry_after).then_some(after)
-}
-
-/// The delta-seconds of a response's `Retry-After` (RFC 3261 §20.33: a number, then an
-/// optional comment and parameters).
-fn retry_after(resp: &Response) -> Option<u32> {
-    let value = resp.headers.get(&HeaderName::RETRY_AFTER)?;
-    let seconds = value.split([';', '(']).next()?;
-    sip::parse_delta_seconds(seconds).ok()
-}
-
-/// The parts of a valid initial SUBSCRIBE the dialog needs.
-struct Initial {
-    subscriber: String,
-    requester: String,
-    call_id: String,
-    from: NameAddr,
-    from_tag: String,
-    to: NameAddr,
-    contact: Uri,
-    cseq: u32,
-    event: String,
-    window: Window,
-    accept: Vec<String>,
-    expires: Option<u32>,
-    credentials: Option<Credentials>,
-}
-
-/// RFC 6665 §4.2.1 checks of a dialog-creating SUBSCRIBE; a rejection is the response to send.
-/// Why an initial SUBSCRIBE is not taken: an invalid request, or a limit; each carries the
-/// response to send.
-enum Refusal {
-    Invalid(Box<Action>),
-    Limit(Limit, Box<Action>),
-}
-
-impl From<Action> for Refusal {
-    fn from(response: Action) -> Self {
-        Refusal::Invalid(Box::new(response))
-    }
-}
-
-impl From<Box<Action>> for Refusal {
-    fn from(response: Box<Action>) -> Self {
-        Refusal::Invalid(response)
-    }
-}
-
-fn check_initial(req: &Request, max_route_set_size: usize) -> Result<Initial, Refusal> {
-    let bad = |reason: &str| reply(req, StatusCode::BAD_REQUEST, Some(reason), |_| {});
-    if !req.uri.is_sip() {
-        return Err(reply(req, StatusCode::UNSUPPORTED_URI_SCHEME, None, |_| {}).into());
-    }
-    if let Some(mf) = req.headers.get(&HeaderName::MAX_FORWARDS)
-        && sip::parse_delta_seconds(mf) == Ok(0)
-    {
-        return Err(reply(req, StatusCode::TOO_MANY_HOPS, None, |_| {}).into());
-    }
-    let required: Vec<&str> = req.headers.get_split(&HeaderName::REQUIRE).collect();
-    if !required.is_empty() {
-        let unsupported = required.join(", ");
-        return Err(reply(req, StatusCode::BAD_EXTENSION, None, |h| {
-            h.push(HeaderName::UNSUPPORTED, unsupported.clone());
-        })
-        .into());
-    }
-    let event = match req.headers.get(&HeaderName::EVENT).map(EventHeader::parse) {
-        None => return Err(bad("Missing Event").into()),
-        Some(Err(_)) => return Err(bad("Bad Event").into()),
-        Some(Ok(e)) if e.package != EVENT_PACKAGE => return Err(bad_event(req).into()),
-        Some(Ok(e)) => e,
-    };
-    let window = Window::from_event_params(&event.params).map_err(|r| Box::new(bad(r)))?;
-    let event = event.to_string();
-    let accept = match sip::parse_accept(&req.headers) {
-        Err(_) => return Err(bad("Bad Accept").into()),
-        Ok(None) => Vec::new(), // RFC 6665 §4.1.2: no Accept = the package's default type
-        Ok(Some(ranges)) => {
-            if !ranges
-                .iter()
-                .any(|r| r.matches("application", "conference-list+xml"))
-            {
-                return Err(reply(req, StatusCode::NOT_ACCEPTABLE, None, |h| {
-                    h.push(HeaderName::ACCEPT, CONTENT_TYPE);
-                })
-                .into());
-            }
-            req.headers
-                .get_split(&HeaderName::ACCEPT)
-                .map(str::to_owned)
-                .collect()
-        }
-    };
-    let expires = optional_seconds(req, &HeaderName::EXPIRES)?;
-    let Some(contact) = req.headers.get_split(&HeaderName::CONTACT).next() else {
-        return Err(bad("Missing Contact").into());
-    };
-    let contact = NameAddr::parse(contact)
-        .map_err(|_| Box::new(bad("Bad Contact")))?
-        .uri;
-    let from = header_name_addr(req, &HeaderName::FROM).ok_or_else(|| Box::new(bad("Bad From")))?;
-    let to = header_name_addr(req, &HeaderName::TO).ok_or_else(|| Box::new(bad("Bad To")))?;
-    let Some(from_tag) = from.tag().map(str::to_owned) else {
-        return Err(bad("Missing From tag").into());
-    };
-    let Some(subscriber) = req.uri.aor() else {
-        return Err(reply(req, StatusCode::UNSUPPORTED_URI_SCHEME, None, |_| {}).into());
-    };
-    let Some(requester) = from.uri.aor() else {
-        return Err(bad("Bad From").into());
-    };
-    let route_set_size: usize = req
-        .headers
-        .get_split(&HeaderName::RECORD_ROUTE)
-        .map(str::len)
-        .sum();
-    if route_set_size > max_route_set_size {
-        return Err(Refusal::Limit(
-            Limit::RouteSet,
-            Box::new(bad("Record-Route too large")),
-        ));
-    }
-    let credentials = credentials_of(req)?;
-    let call_id = req
-        .headers
-        .get(&HeaderName::CALL_ID)
-        .map(|c| c.trim().to_owned())
-        .unwrap_or_default();
-    Ok(Initial {
-        subscriber,
-        requester,
-        call_id,
-        from,
-        from_tag,
-        to,
-        contact,
-        cseq: cseq_of(req),
-        event,
-        window,
-        accept,
-        expires,
-        credentials,
-    })
-}
-
-/// The request's Authorization (RFC 3261 §22.4): Digest or Bearer. A request may carry one
-/// per realm; the first one that parses is used. Unparseable credentials are a 400.
-fn credentials_of(req: &Request) -> Result<Option<Credentials>, Box<Action>> {
-    let mut values = req
-        .headers
-        .iter()
-        .filter(|(n, _)| **n == HeaderName::AUTHORIZATION)
-        .map(|(_, v)| v)
-        .peekable();
-    if values.peek().is_none() {
-        return Ok(None);
-    }
-    let parsed = values.find_map(|v| sip::Credentials::parse(v).ok());
-    match parsed {
-        Some(sip::Credentials::Digest(response)) => {
-            // RFC 2617 §3.2.2.5: the digest-uri must name the resource of the Request-Line
-            // (the response is computed over it; another one means credentials made for
-            // another request).
-            let same = Uri::parse(&response.uri).is_ok_and(|u| u == req.uri)
-                || response.uri == req.uri.to_string();
-            if !same {
-                return Err(Box::new(reply(
-                    req,
-                    StatusCode::BAD_REQUEST,
-                    Some("Digest uri does not match the Request-URI"),
-                    |_| {},
-                )));
-            }
-            Ok(Some(Credentials::Digest {
-                response,
-                method: req.method.to_string(),
-            }))
-        }
-        Some(sip::Credentials::Bearer(token)) => Ok(Some(Credentials::Bearer(token))),
-        None => Err(Box::new(reply(
-            req,
-            StatusCode::BAD_REQUEST,
-            Some("Bad Authorization"),
-            |_| {},
-        ))),
-    }
-}
-
-/// One WWW-Authenticate per offered algorithm, in the notifier's order (RFC 8760 §2.4: the
-/// preferred first; clients that read a single challenge take the last).
-fn push_challenges(h: &mut sip::Headers, c: &Challenge) {
-    for algorithm in &c.algorithms {
-        let challenge = sip::DigestChallenge {
-            realm: c.realm.clone(),
-            nonce: c.nonce.clone(),
-            opaque: c.opaque.clone(),
-            algorithm: algorithm.clone(),
-            stale: c.stale,
-        };
-        h.push(HeaderName::WWW_AUTHENTICATE, challenge.to_string());
-    }
-}
-
-fn header_name_addr(req: &Request, name: &HeaderName) -> Option<NameAddr> {
-    req.headers.get(name).and_then(|v| NameAddr::parse(v).ok())
-}
-
-fn to_tag(req: &Request) -> Option<String> {
-    header_name_addr(req, &HeaderName::TO).and_then(|t| t.tag().map(str::to_owned))
-}
-
-fn from_tag(req: &Request) -> Option<String> {
-    header_name_addr(req, &HeaderName::FROM).and_then(|t| t.tag().map(str::to_owned))
-}
-
-/// CSeq number of a request that passed validation.
-fn cseq_of(req: &Request) -> u32 {
-    req.headers
-        .get(&HeaderName::CSEQ)
-        .and_then(|c| sip::CSeq::parse(c).ok())
-        .map_or(0, |c| c.seq)
-}
-
-fn optional_seconds(req: &Request, name: &HeaderName) -> Result<Option<u32>, Box<Action>> {
-    match req.headers.get(name) {
-        None => Ok(None),
-        Some(v) => sip::parse_delta_seconds(v).map(Some).map_err(|_| {
-            Box::new(reply(
-                req,
-                StatusCode::BAD_REQUEST,
-                Some("Bad Expires"),
-                |_| {},
-            ))
-        }),
-    }
-}
-
-fn bad_event(req: &Request) -> Action {
-    reply(req, StatusCode::BAD_EVENT, None, |h| {
-        h.push(HeaderName::ALLOW_EVENTS, EVENT_PACKAGE);
-    })
-}
-
-fn verdict_status(v: &Verdict) -> StatusCode {
-    match v {
-        Verdict::Ok { .. } => StatusCode::OK,
-        Verdict::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-        Verdict::Forbidden => StatusCode::FORBIDDEN,
-        Verdict::NotFound => StatusCode::NOT_FOUND,
-        Verdict::IntervalTooBrief { .. } => StatusCode::INTERVAL_TOO_BRIEF,
-        Verdict::BadEvent => StatusCode::BAD_EVENT,
-        Verdict::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
-        Verdict::NoSuchSubscription => StatusCode::CALL_DOES_NOT_EXIST,
-        Verdict::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        Verdict::Internal => StatusCode::SERVER_INTERNAL_ERROR,
-    }
-}
-
-/// A response to `req` (RFC 3261 §8.2.6): copied headers, a To-tag when the request had none.
-fn reply(
-    req: &Request,
-    status: StatusCode,
-    reason: Option<&str>,
-    extra: impl FnOnce(&mut sip::Headers),
-) -> Action {
-    let mut resp = Response::for_request(req, status);
-    if let Some(r) = reason {
-        resp.reason = r.to_owned();
-    }
-    if status != StatusCode::TRYING && to_tag(req).is_none() {
-        set_to_tag(&mut resp.headers, &random_tag_for(req));
-    }
-    extra(&mut resp.headers);
-    Action::Send(Message::Response(resp))
-}
-
-/// Sets the To-tag of a response (replacing one `reply` may have set).
-fn set_to_tag(headers: &mut sip::Headers, tag: &str) {
-    if let Some(mut to) = headers
-        .get(&HeaderName::TO)
-        .and_then(|t| NameAddr::parse(t).ok())
-    {
-        to.set_tag(tag);
-        headers.set(HeaderName::TO, to.to_string());
-    }
-}
-
-/// A To-tag for a response outside any dialog: derived from the request so retransmissions
-/// get the same tag (RFC 3261 §8.2.6.2 only asks that it be stable per request).
-fn random_tag_for(req: &Request) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    req.headers.get(&HeaderName::CALL_ID).hash(&mut h);
-    req.headers.get(&HeaderName::FROM).hash(&mut h);
-    req.headers.get(&HeaderName::CSEQ).hash(&mut h);
-    format!("{:016x}", h.finish())
+/// The response action refusing `req` for `why`.
+fn reject(req: &Request, why: &Rejection) -> Action {
+    respond(req, Reply::Rejected(why), None)
 }

@@ -5,13 +5,13 @@ use crate::notifier::{
     Answer, Challenge, Command, Credentials, Event, Notification, Outcome, Reason, State, Verdict,
     Window,
 };
-use sip::{Message, Request, Response};
+use sip::{Message, Request, Response, StatusCode};
 
 fn cfg(max_dialogs: usize) -> DialogConfig {
     DialogConfig {
         local_host: "127.0.0.1:8080".into(),
-        via_transport: "WS",
-        contact_transport: "ws",
+        transport: Transport::Ws,
+        timers: crate::transaction::Timers::default(),
         notify_timeout: Duration::from_secs(32),
         max_dialogs,
         max_route_set_size: 4096,
@@ -31,7 +31,7 @@ fn subscribe(call_id: &str, to_tag: Option<&str>, cseq: u32, extra: &str) -> Req
     let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
     parse_req(&format!(
         "SUBSCRIBE sip:alice@example.com SIP/2.0\r\n\
-         Via: SIP/2.0/WSS abc.invalid;branch=z9hG4bK{cseq}\r\n\
+         Via: SIP/2.0/WSS abc.invalid;branch=z9hG4bK{call_id}-{cseq}\r\n\
          Max-Forwards: 70\r\n\
          To: <sip:alice@example.com>{to_tag}\r\n\
          From: <sip:alice@example.com>;tag=remote1\r\n\
@@ -43,26 +43,20 @@ fn subscribe(call_id: &str, to_tag: Option<&str>, cseq: u32, extra: &str) -> Req
     ))
 }
 
-fn sent(actions: &[Action]) -> Vec<&Message> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Send(m) => Some(m),
-            _ => None,
-        })
-        .collect()
+fn sent(actions: &[Action]) -> Vec<&Action> {
+    actions.iter().filter(|a| a.is_send()).collect()
 }
 
 fn response(a: &Action) -> &Response {
     match a {
-        Action::Send(Message::Response(r)) => r,
+        Action::Respond { response, .. } => response,
         other => panic!("expected a response, got {other:?}"),
     }
 }
 
 fn request(a: &Action) -> &Request {
     match a {
-        Action::Send(Message::Request(r)) => r,
+        Action::Notify(r) => r,
         other => panic!("expected a request, got {other:?}"),
     }
 }
@@ -321,8 +315,17 @@ fn refreshes_are_checked_and_forwarded() {
             client_address: String::new(),
         })]
     );
-    // CSeq must increase within the dialog (RFC 3261 §12.2.2).
-    let stale = d.on_request(subscribe("c1", Some(&tag), 2, ""), now);
+    // The same request again is a retransmission: absorbed while the notifier works on it.
+    let again = d.on_request(subscribe("c1", Some(&tag), 2, "Expires: 0\r\n"), now);
+    assert!(again.is_empty(), "{again:?}");
+    // A new request (new branch) with that CSeq again: CSeq must increase within the
+    // dialog (RFC 3261 §12.2.2).
+    let mut stale = subscribe("c1", Some(&tag), 2, "");
+    stale.headers.set(
+        HeaderName::VIA,
+        "SIP/2.0/WSS abc.invalid;branch=z9hG4bKstale".to_owned(),
+    );
+    let stale = d.on_request(stale, now);
     assert_eq!(response(&stale[0]).status.as_u16(), 500);
     // Unknown tag → 481.
     let unknown = d.on_request(subscribe("c1", Some("other"), 3, ""), now);

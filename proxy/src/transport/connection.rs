@@ -1,19 +1,17 @@
-//! One client connection: reads SIP messages, feeds the sans-IO [`Dialogs`], carries out the
-//! actions (write to the socket, talk to the notifier), and keeps the flow alive (WebSocket
+//! One flow (a WebSocket, TCP or TLS connection, or a UDP source address), whatever its
+//! transport ([`Wire`]): reads SIP messages, feeds the sans-IO [`Dialogs`], carries out the
+//! actions (write to the client, talk to the notifier), and keeps the flow alive (WebSocket
 //! ping with a dead-peer timeout; RFC 5626 CRLF keep-alive answered). Everything about the
-//! connection is bounded: message size (by the WebSocket layer), the event queue from the
-//! notifier, the write time per message, the number of dialogs, the time without any dialog
+//! flow is bounded: message size (by the wire), the event queue from the notifier, the
+//! write time per message, the number of dialogs, the time without any dialog
 //! (`--idle-timeout`) and the rate of new SUBSCRIBEs per client address.
 
 use super::limits::{Limits, SubscribeDecision};
-use crate::dialog::{Action, DialogConfig, Dialogs, Limit};
+use super::wire::{Inbound, Outbound, Wire};
+use crate::dialog::{Action, DialogConfig, Dialogs, Limit, Rejection, Reply};
 use crate::metrics::Metrics;
-use crate::notifier::SubscriptionId;
-use crate::upstream::{ConnectionHandle, Upstream, Upstreams};
-use axum::extract::ws::{Message as WsMessage, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use crate::upstream::{ConnectionHandle, Upstreams};
 use sip::Message;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,24 +66,75 @@ pub struct Shared {
     pub limits: Limits,
 }
 
-/// Who is on the other end of one connection, and the listener's dialog settings.
+/// Who is on the other end of one flow, and the listener's dialog settings.
 #[derive(Debug, Clone)]
 pub struct ConnectionParams {
-    /// The TCP peer (a load balancer when the client is behind one).
+    /// The peer (a load balancer when the client is behind one).
     pub peer: SocketAddr,
     /// The client: the peer, or the address a trusted load balancer forwarded.
     pub client_addr: IpAddr,
-    /// Dialog settings of the listener (Via/Contact transport `WS` or `WSS`).
+    /// Dialog settings of the listener (its transport in Via and Contact).
     pub dialog: DialogConfig,
+    /// Probe the peer every interval and drop it when silent for two (WebSocket); `None`
+    /// for transports whose liveness is the socket itself or the NOTIFY transactions.
+    pub keepalive: Option<Duration>,
 }
 
-/// The outcome of one loop turn: dialog actions, raw bytes to write first, maybe close.
+impl ConnectionParams {
+    /// A flow whose client is the peer itself, with the WebSocket keep-alive.
+    pub fn direct(peer: SocketAddr, dialog: DialogConfig, keepalive: Option<Duration>) -> Self {
+        Self {
+            peer,
+            client_addr: peer.ip().to_canonical(),
+            dialog,
+            keepalive,
+        }
+    }
+}
+
+/// Why a flow ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// The client closed it.
+    ClientClosed,
+    /// Reading failed (socket error, WebSocket protocol error, unframeable stream).
+    ReadFailed,
+    /// A write failed.
+    WriteFailed,
+    /// No sign of life for two keep-alive intervals.
+    Unresponsive,
+    /// The client did not take its notifications fast enough.
+    TooSlow,
+    /// Too many malformed messages in a row.
+    Malformed,
+    /// No dialog for the idle timeout.
+    Idle,
+    /// The proxy is stopping.
+    Shutdown,
+}
+
+impl Close {
+    /// The reason as logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Close::ClientClosed => "client closed",
+            Close::ReadFailed => "read failed",
+            Close::WriteFailed => "write failed",
+            Close::Unresponsive => "peer unresponsive",
+            Close::TooSlow => "too slow",
+            Close::Malformed => "too many malformed messages",
+            Close::Idle => "idle",
+            Close::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The outcome of one loop turn: dialog actions, a unit to write first, maybe close.
 #[derive(Default)]
 struct Step {
     actions: Vec<Action>,
-    raw: Option<Vec<u8>>,
-    ping: bool,
-    close: Option<&'static str>,
+    write: Option<Outbound>,
+    close: Option<Close>,
 }
 
 impl Step {
@@ -98,19 +147,13 @@ impl Step {
             ..Self::default()
         }
     }
-    fn raw(bytes: Vec<u8>) -> Self {
+    fn write(out: Outbound) -> Self {
         Self {
-            raw: Some(bytes),
+            write: Some(out),
             ..Self::default()
         }
     }
-    fn raw_frame_ping() -> Self {
-        Self {
-            ping: true,
-            ..Self::default()
-        }
-    }
-    fn close(why: &'static str) -> Self {
+    fn close(why: Close) -> Self {
         Self {
             close: Some(why),
             ..Self::default()
@@ -121,7 +164,6 @@ impl Step {
 struct Connection {
     shared: Arc<Shared>,
     dialogs: Dialogs,
-    routed: HashMap<SubscriptionId, Arc<Upstream>>,
     handle: ConnectionHandle,
     bad_messages: u32,
     peer: SocketAddr,
@@ -131,23 +173,13 @@ struct Connection {
     rate_limit_logged: bool,
 }
 
-/// Serves one WebSocket until it closes, the peer dies, or the proxy stops; the client is
-/// the peer itself and the dialog settings are [`Shared::dialog`].
-pub async fn run(socket: WebSocket, peer: SocketAddr, shared: Arc<Shared>) {
-    let params = ConnectionParams {
-        peer,
-        client_addr: peer.ip().to_canonical(),
-        dialog: shared.dialog.clone(),
-    };
-    run_with(socket, params, shared).await;
-}
-
-/// Serves one WebSocket for the client and listener described by `params`.
-pub async fn run_with(socket: WebSocket, params: ConnectionParams, shared: Arc<Shared>) {
+/// Serves one flow until it closes, the peer dies, it idles out, or the proxy stops.
+pub async fn run<W: Wire>(mut wire: W, params: ConnectionParams, shared: Arc<Shared>) {
     let ConnectionParams {
         peer,
         client_addr,
         dialog,
+        keepalive,
     } = params;
     let n = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
@@ -156,7 +188,6 @@ pub async fn run_with(socket: WebSocket, params: ConnectionParams, shared: Arc<S
     dialogs.set_client_address(client_addr.to_string());
     let mut conn = Connection {
         dialogs,
-        routed: HashMap::new(),
         handle: ConnectionHandle {
             events: events_tx,
             close: close.clone(),
@@ -169,120 +200,98 @@ pub async fn run_with(socket: WebSocket, params: ConnectionParams, shared: Arc<S
     };
     conn.shared.metrics.connections.inc();
     debug!("connection open");
-    let (mut sink, mut stream) = socket.split();
-    let keepalive = conn.shared.config.keepalive_interval;
-    let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
+    // Without a keep-alive the probe never fires (an interval far beyond any session).
+    let probe_every = keepalive.unwrap_or(Duration::from_secs(86_400 * 365));
+    let mut probe = tokio::time::interval_at(Instant::now() + probe_every, probe_every);
     let mut last_seen = Instant::now();
     let shutdown = conn.shared.shutdown.clone();
     let mut drain_deadline: Option<Instant> = None;
     let idle_timeout = conn.shared.config.idle_timeout;
-    // The idle clock runs only while there is no dialog; it restarts whenever there is one.
+    let write_timeout = conn.shared.config.write_timeout;
+    // The idle clock runs only while the flow holds nothing; it restarts whenever it does.
     let mut idle_since = Instant::now();
 
     let reason = loop {
         let deadline = conn.dialogs.next_deadline();
         let step = tokio::select! {
-            frame = stream.next() => {
+            unit = wire.recv() => {
                 last_seen = Instant::now();
-                match frame {
-                    Some(Ok(WsMessage::Text(t))) => conn.on_bytes(t.as_bytes()),
-                    Some(Ok(WsMessage::Binary(b))) => conn.on_bytes(&b),
-                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => Step::none(),
-                    Some(Ok(WsMessage::Close(_))) | None => Step::close("client closed"),
+                match unit {
+                    Some(Ok(Inbound::Message(bytes))) => conn.on_bytes(&bytes),
+                    Some(Ok(Inbound::Ping)) => Step::write(Outbound::Pong),
+                    Some(Ok(Inbound::Alive)) => Step::none(),
+                    None => Step::close(Close::ClientClosed),
                     Some(Err(e)) => {
-                        info!(error = %e, "websocket error; closing");
-                        Step::close("websocket error")
+                        info!(error = %e, "read failed; closing");
+                        Step::close(Close::ReadFailed)
                     }
                 }
             }
             Some(event) = events.recv() => Step::actions(conn.dialogs.on_event(event, Instant::now())),
             () = sleep_until_opt(deadline) => Step::actions(conn.dialogs.on_timeout(Instant::now())),
-            _ = ping.tick() => {
-                if last_seen.elapsed() > keepalive * 2 {
-                    Step::close("peer unresponsive")
+            _ = probe.tick(), if keepalive.is_some() => {
+                if last_seen.elapsed() > probe_every * 2 {
+                    Step::close(Close::Unresponsive)
                 } else {
-                    Step::raw_frame_ping()
+                    Step::write(Outbound::Probe)
                 }
             }
-            () = close.cancelled() => Step::close("too slow"),
+            () = close.cancelled() => Step::close(Close::TooSlow),
             () = shutdown.cancelled(), if drain_deadline.is_none() => {
                 drain_deadline = Some(Instant::now() + conn.shared.config.drain_timeout);
                 Step::actions(conn.dialogs.on_shutdown(Instant::now()))
             }
-            () = sleep_until_opt(drain_deadline) => Step::close("shutdown"),
+            () = sleep_until_opt(drain_deadline) => Step::close(Close::Shutdown),
             () = tokio::time::sleep_until(idle_since + idle_timeout),
-                if drain_deadline.is_none() && conn.dialogs.is_empty() => Step::close("idle"),
+                if drain_deadline.is_none() && conn.dialogs.is_idle() => Step::close(Close::Idle),
         };
-        let write_timeout = conn.shared.config.write_timeout;
         let mut closing = step.close;
-        if step.ping
-            && let Err(why) = send_ws(
-                &mut sink,
-                WsMessage::Ping(Default::default()),
-                write_timeout,
-            )
-            .await
-        {
-            closing = Some(why);
-        }
-        if let Some(raw) = step.raw
-            && let Err(why) = send_ws(&mut sink, text_or_binary(raw), write_timeout).await
+        if let Some(out) = step.write
+            && let Err(why) = write(&mut wire, out, write_timeout).await
         {
             closing = Some(why);
         }
         for action in step.actions {
             if closing.is_some() {
-                // The socket is done; the notifier side must still hear about everything.
-                if !matches!(action, Action::Send(_)) {
+                // The wire is done; the notifier side must still hear about everything.
+                if !action.is_send() {
                     conn.execute_upstream(action);
                 }
-            } else if let Err(why) = conn.execute(action, &mut sink).await {
+            } else if let Err(why) = conn.execute(action, &mut wire).await {
                 closing = Some(why);
             }
         }
-        if !conn.dialogs.is_empty() {
+        if !conn.dialogs.is_idle() {
             idle_since = Instant::now();
         }
         if let Some(why) = closing {
             break why;
         }
         if drain_deadline.is_some() && conn.dialogs.is_empty() {
-            break "shutdown";
+            break Close::Shutdown;
         }
     };
 
     for action in conn.dialogs.on_close() {
-        // Only notifier-side actions matter now; the socket is done.
-        if !matches!(action, Action::Send(_)) {
+        // Only notifier-side actions matter now; the wire is done.
+        if !action.is_send() {
             conn.execute_upstream(action);
         }
     }
-    // Every dialog is gone now; nothing may stay routed to this connection.
-    for (sub, up) in conn.routed.drain() {
-        up.unroute(&sub);
-        conn.shared.metrics.dialogs.dec();
-    }
-    let _ = sink.close().await;
+    wire.close().await;
     conn.shared.metrics.connections.dec();
-    if reason == "too slow" {
-        warn!(reason, "connection closed");
-    } else if reason == "idle" {
-        conn.shared.metrics.idle_connections_closed.inc();
-        info!(reason, idle_timeout = ?idle_timeout, "connection closed: no dialog for the idle timeout");
-    } else {
-        debug!(reason, "connection closed");
+    match reason {
+        Close::TooSlow => warn!(reason = reason.as_str(), "connection closed"),
+        Close::Idle => {
+            conn.shared.metrics.idle_connections_closed.inc();
+            info!(reason = reason.as_str(), idle_timeout = ?idle_timeout, "connection closed: no dialog for the idle timeout");
+        }
+        _ => debug!(reason = reason.as_str(), "connection closed"),
     }
 }
 
 impl Connection {
     fn on_bytes(&mut self, buf: &[u8]) -> Step {
-        // RFC 5626 §3.5.1 keep-alive: answer a double-CRLF ping with a CRLF pong.
-        if sip::framing::is_keepalive_ping(buf) {
-            return Step::raw(b"\r\n".to_vec());
-        }
-        if sip::framing::is_keepalive_pong(buf) {
-            return Step::none();
-        }
         match sip::parse_message(buf) {
             Ok(Message::Request(mut req)) => {
                 self.bad_messages = 0;
@@ -294,7 +303,7 @@ impl Connection {
                     || (req.method == sip::Method::Subscribe
                         && req.headers.get(&sip::HeaderName::AUTHORIZATION).is_some());
                 if counted && let Some(refusal) = self.rate_limit(&req) {
-                    return Step::actions(vec![Action::Send(refusal)]);
+                    return Step::actions(vec![refusal]);
                 }
                 Step::actions(self.dialogs.on_request(req, Instant::now()))
             }
@@ -307,18 +316,18 @@ impl Connection {
                 self.bad_messages += 1;
                 info!(error = %e, bytes = buf.len(), "malformed SIP message");
                 let mut step = Step::none();
-                step.raw = super::salvage_bad_request(buf, &e.to_string());
+                step.write = super::salvage_bad_request(buf, &e.to_string()).map(Outbound::Message);
                 if self.bad_messages >= MAX_BAD_MESSAGES {
-                    step.close = Some("too many malformed messages");
+                    step.close = Some(Close::Malformed);
                 }
                 step
             }
         }
     }
 
-    /// `Some(503)` when this client address is over `--max-subscribes-per-address`; the
+    /// The 503 when this client address is over `--max-subscribes-per-address`; the
     /// request then never reaches the dialog core.
-    fn rate_limit(&mut self, req: &sip::Request) -> Option<Message> {
+    fn rate_limit(&mut self, req: &sip::Request) -> Option<Action> {
         let decision = self
             .shared
             .limits
@@ -335,49 +344,52 @@ impl Connection {
             self.rate_limit_logged = true;
             info!(client.ip = %self.client_addr, ?decision, "SUBSCRIBE rate-limited: 503 (further ones on this connection log at debug)");
         }
-        Some(super::service_unavailable(req, 1))
+        let reply = Reply::Rejected(&Rejection::RateLimited);
+        Some(Action::Respond {
+            response: crate::dialog::status::respond(req, reply, None),
+            outcome: reply.label(),
+        })
     }
 
-    async fn execute(
-        &mut self,
-        action: Action,
-        sink: &mut futures_util::stream::SplitSink<WebSocket, WsMessage>,
-    ) -> Result<(), &'static str> {
-        match action {
-            Action::Send(msg) => {
-                let frame = encode(&msg);
-                if matches!(msg, Message::Request(_)) {
-                    self.shared.metrics.notifies.inc();
-                }
-                send_ws(sink, frame, self.shared.config.write_timeout).await
+    async fn execute<W: Wire>(&mut self, action: Action, wire: &mut W) -> Result<(), Close> {
+        let m = &self.shared.metrics;
+        let bytes = match action {
+            Action::Respond { response, outcome } => {
+                m.count_response(response.status.as_u16(), outcome);
+                response.to_bytes()
+            }
+            Action::Notify(request) => {
+                m.notifies.inc();
+                request.to_bytes()
+            }
+            Action::Resend(msg) => {
+                match &msg {
+                    Message::Request(_) => m.notify_retransmissions.inc(),
+                    Message::Response(_) => m.response_retransmissions.inc(),
+                };
+                msg.to_bytes()
             }
             other => {
                 self.execute_upstream(other);
-                Ok(())
+                return Ok(());
             }
-        }
+        };
+        write(
+            wire,
+            Outbound::Message(bytes),
+            self.shared.config.write_timeout,
+        )
+        .await
     }
 
     fn execute_upstream(&mut self, action: Action) {
+        let upstreams = &self.shared.upstreams;
         match action {
             Action::Route { sub, subscriber } => {
-                if let Some(up) = self.shared.upstreams.pick(&subscriber) {
-                    up.route(sub.clone(), self.handle.clone());
-                    self.routed.insert(sub, up);
-                    self.shared.metrics.dialogs.inc();
-                }
+                upstreams.route(sub, &subscriber, self.handle.clone());
             }
-            Action::Upstream(cmd) => {
-                if let Some(up) = self.routed.get(cmd.sub()) {
-                    up.send(cmd);
-                }
-            }
-            Action::Unroute(sub) => {
-                if let Some(up) = self.routed.remove(&sub) {
-                    up.unroute(&sub);
-                    self.shared.metrics.dialogs.dec();
-                }
-            }
+            Action::Upstream(cmd) => upstreams.send(cmd),
+            Action::Unroute(sub) => upstreams.unroute(&sub),
             Action::Refused(limit) => {
                 let m = &self.shared.metrics;
                 match limit {
@@ -390,32 +402,17 @@ impl Connection {
                 self.shared.metrics.notify_retries.inc();
                 debug!(subscription.id = %sub, ?after, "NOTIFY answered with Retry-After; will retry");
             }
-            Action::Send(_) => {}
+            Action::Respond { .. } | Action::Notify(_) | Action::Resend(_) => {}
         }
     }
 }
 
-fn encode(msg: &Message) -> WsMessage {
-    text_or_binary(msg.to_bytes())
-}
-
-/// SIP is UTF-8 in practice (text frames, which browsers expect); anything else goes binary.
-fn text_or_binary(bytes: Vec<u8>) -> WsMessage {
-    match String::from_utf8(bytes) {
-        Ok(text) => WsMessage::Text(text.into()),
-        Err(e) => WsMessage::Binary(e.into_bytes().into()),
-    }
-}
-
-async fn send_ws(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, WsMessage>,
-    frame: WsMessage,
-    timeout: Duration,
-) -> Result<(), &'static str> {
-    match tokio::time::timeout(timeout, sink.send(frame)).await {
+/// One write, bounded by the write timeout (a client that does not read is too slow).
+async fn write<W: Wire>(wire: &mut W, out: Outbound, timeout: Duration) -> Result<(), Close> {
+    match tokio::time::timeout(timeout, wire.send(out)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err("write failed"),
-        Err(_) => Err("too slow"),
+        Ok(Err(_)) => Err(Close::WriteFailed),
+        Err(_) => Err(Close::TooSlow),
     }
 }
 

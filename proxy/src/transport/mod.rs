@@ -1,17 +1,24 @@
-//! Transports. WebSocket (RFC 7118), plain and over TLS, is served today; the
-//! per-connection shell in [`connection`] is transport-agnostic apart from framing.
+//! Transports: SIP over WebSocket (RFC 7118, plain and TLS), UDP, TCP and TLS (RFC 3261
+//! §18). Each one only frames messages ([`wire`]); the flow driver in [`connection`] and
+//! the sans-IO dialog core behind it are the same for all of them.
 //!
 //! - [`listener`]: our accept loop: TLS, the HTTP/1.1 upgrade under a handshake deadline,
 //!   per-address connection limits at accept, and tracking of every connection task.
 //! - [`ws`]: the upgrade handler (subprotocol `sip`, Origin, `X-Forwarded-For`, caps).
-//! - [`connection`]: one WebSocket connection: SIP in, dialog actions out, keep-alive, idle.
+//! - [`wire`]: each transport's framing behind one trait: WebSocket, TCP/TLS, UDP.
+//! - [`connection`]: one flow over any wire: SIP in, dialog actions out, keep-alive, idle.
+//! - [`sip_listener`]: the SIP-over-TCP and SIP-over-TLS accept loop.
+//! - [`udp`]: the SIP-over-UDP socket and its flows, one per source address.
 //! - [`limits`]: the pure per-client limit state (CIDR, origins, counters, token buckets).
 //! - [`tls`]: the rustls server configuration from PEM files.
 
 pub mod connection;
 pub mod limits;
 pub mod listener;
+pub mod sip_listener;
 pub mod tls;
+pub mod udp;
+pub mod wire;
 pub mod ws;
 
 use sip::{HeaderName, NameAddr, Request, Via};
@@ -77,30 +84,6 @@ pub fn is_initial_subscribe(req: &Request) -> bool {
             .is_some_and(|to| to.tag().is_none())
 }
 
-/// `503 Service Unavailable` with `Retry-After` for a request refused before the dialog core
-/// saw it (RFC 3261 §21.5.4). The To-tag is derived from the request, so a retransmission
-/// gets the same response.
-pub fn service_unavailable(req: &Request, retry_after_secs: u32) -> sip::Message {
-    use std::hash::{Hash, Hasher};
-    let mut resp = sip::Response::for_request(req, sip::StatusCode::SERVICE_UNAVAILABLE);
-    if let Some(mut to) = resp
-        .headers
-        .get(&HeaderName::TO)
-        .and_then(|t| NameAddr::parse(t).ok())
-        && to.tag().is_none()
-    {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        req.headers.get(&HeaderName::CALL_ID).hash(&mut h);
-        req.headers.get(&HeaderName::FROM).hash(&mut h);
-        req.headers.get(&HeaderName::CSEQ).hash(&mut h);
-        to.set_tag(&format!("{:016x}", h.finish()));
-        resp.headers.set(HeaderName::TO, to.to_string());
-    }
-    resp.headers
-        .push(HeaderName::RETRY_AFTER, retry_after_secs.to_string());
-    sip::Message::Response(resp)
-}
-
 /// The answer to a request the codec rejected, built from its raw header lines when the five
 /// headers a response needs can be found (so the client learns why): `505 Version Not
 /// Supported` for a request line with another SIP version (RFC 3261 §8.2.1, §21.5.6; RFC 4475
@@ -127,11 +110,7 @@ pub fn salvage_bad_request(buf: &[u8], reason: &str) -> Option<Vec<u8>> {
     {
         return None;
     }
-    let (code, reason) = if number == "2.0" {
-        (400, reason)
-    } else {
-        (505, "Version Not Supported")
-    };
+    let (code, reason) = crate::dialog::status::unparseable(number != "2.0", reason);
     // (name, value) of the headers a response copies; singletons keep their first value.
     let mut out: Vec<(&str, String)> = Vec::new();
     let mut continuing = false;
@@ -169,7 +148,6 @@ pub fn salvage_bad_request(buf: &[u8], reason: &str) -> Option<Vec<u8>> {
             return None;
         }
     }
-    let reason: String = reason.chars().filter(|c| !c.is_control()).collect();
     let mut resp = format!("SIP/2.0 {code} {reason}\r\n");
     for (n, v) in &out {
         if v.chars().any(char::is_control) {
@@ -188,12 +166,10 @@ pub fn salvage_bad_request(buf: &[u8], reason: &str) -> Option<Vec<u8>> {
 /// The To value with a tag (RFC 3261 §8.2.6.2) derived from the request's headers, so a
 /// retransmission gets the same one; left as received when it has a tag or does not parse.
 fn with_to_tag(to: &str, headers: &[(&str, String)]) -> String {
-    use std::hash::{Hash, Hasher};
     match NameAddr::parse(to) {
         Ok(mut addr) if addr.tag().is_none() => {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            headers.hash(&mut h);
-            addr.set_tag(&format!("{:016x}", h.finish()));
+            let parts = headers.iter().flat_map(|(n, v)| [*n, v.as_str()]);
+            addr.set_tag(&crate::dialog::status::stable_tag_of(parts));
             addr.to_string()
         }
         _ => to.to_owned(),
@@ -257,28 +233,6 @@ mod tests {
         assert!(!is_initial_subscribe(&request(
             "SIP/2.0/WS h.invalid;branch=z9hG4bK1"
         )));
-    }
-
-    #[test]
-    fn service_unavailable_has_a_stable_to_tag_and_retry_after() {
-        let req = subscribe("<sip:alice@example.com>");
-        let sip::Message::Response(resp) = service_unavailable(&req, 1) else {
-            panic!("not a response");
-        };
-        assert_eq!(resp.status, sip::StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(resp.headers.get(&HeaderName::RETRY_AFTER), Some("1"));
-        assert_eq!(resp.headers.get(&HeaderName::CALL_ID), Some("c1"));
-        assert_eq!(resp.headers.get(&HeaderName::CSEQ), Some("7 SUBSCRIBE"));
-        let to = NameAddr::parse(resp.headers.get(&HeaderName::TO).unwrap()).unwrap();
-        let tag = to.tag().unwrap().to_owned();
-        assert_eq!(tag.len(), 16);
-        assert_eq!(service_unavailable(&req, 1), service_unavailable(&req, 1));
-        let tagged = subscribe("<sip:alice@example.com>;tag=t9");
-        let sip::Message::Response(resp) = service_unavailable(&tagged, 1) else {
-            panic!("not a response");
-        };
-        let to = NameAddr::parse(resp.headers.get(&HeaderName::TO).unwrap()).unwrap();
-        assert_eq!(to.tag(), Some("t9"));
     }
 
     #[test]

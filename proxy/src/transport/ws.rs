@@ -8,6 +8,7 @@
 
 use super::connection::{self, ConnectionParams, Shared};
 use super::limits::AddressGuard;
+use super::wire::WsWire;
 use crate::dialog::DialogConfig;
 use crate::web::WebPage;
 use axum::Extension;
@@ -146,15 +147,16 @@ async fn upgrade(
                 "ws",
                 client.addr = %peer,
                 client.ip = %client_addr,
-                transport = dialog.via_transport,
+                transport = dialog.transport.via(),
             );
             let params = ConnectionParams {
                 peer,
                 client_addr,
                 dialog: (*dialog).clone(),
+                keepalive: Some(shared.config.keepalive_interval),
             };
             async move {
-                connection::run_with(socket, params, shared).await;
+                connection::run(WsWire(socket), params, shared).await;
                 drop(permit);
                 drop(guard);
                 drop(tracked);

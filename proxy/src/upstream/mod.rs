@@ -79,14 +79,54 @@ pub struct ConnectionHandle {
     pub close: CancellationToken,
 }
 
-type Routes = Arc<Mutex<HashMap<SubscriptionId, ConnectionHandle>>>;
+/// The proxy's one routing table: each subscription's server and connection. Connections
+/// add and remove their subscriptions through [`Upstreams`]; a server's session reader
+/// finds the connection here, and a command finds its server here.
+#[derive(Debug, Default)]
+pub struct Routes(Mutex<HashMap<SubscriptionId, Route>>);
+
+#[derive(Debug, Clone)]
+struct Route {
+    /// Index of the server in [`Upstreams`].
+    server: usize,
+    conn: ConnectionHandle,
+}
+
+impl Routes {
+    fn insert(&self, sub: SubscriptionId, server: usize, conn: ConnectionHandle) {
+        lock(&self.0).insert(sub, Route { server, conn });
+    }
+
+    fn remove(&self, sub: &str) -> bool {
+        lock(&self.0).remove(sub).is_some()
+    }
+
+    fn server_of(&self, sub: &str) -> Option<usize> {
+        lock(&self.0).get(sub).map(|r| r.server)
+    }
+
+    fn connection_of(&self, sub: &str) -> Option<ConnectionHandle> {
+        lock(&self.0).get(sub).map(|r| r.conn.clone())
+    }
+
+    /// The subscriptions held on `server`, with their connections.
+    fn on_server(&self, server: usize) -> Vec<(SubscriptionId, ConnectionHandle)> {
+        lock(&self.0)
+            .iter()
+            .filter(|(_, r)| r.server == server)
+            .map(|(sub, r)| (sub.clone(), r.conn.clone()))
+            .collect()
+    }
+}
 
 /// One subscriber-server.
 #[derive(Debug)]
 pub struct Upstream {
     endpoint: String,
+    /// Its index in [`Upstreams`] (and in [`Routes`]).
+    index: usize,
     commands: mpsc::Sender<ProxyMessage>,
-    routes: Routes,
+    routes: Arc<Routes>,
     connected: AtomicBool,
     metrics: Metrics,
     /// Cancelled to end the current session: a `Delivered` or `Unsubscribe` did not fit in
@@ -95,11 +135,18 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn new(endpoint: String, commands: mpsc::Sender<ProxyMessage>, metrics: Metrics) -> Self {
+    fn new(
+        endpoint: String,
+        index: usize,
+        commands: mpsc::Sender<ProxyMessage>,
+        routes: Arc<Routes>,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             endpoint,
+            index,
             commands,
-            routes: Arc::default(),
+            routes,
             connected: AtomicBool::new(false),
             metrics,
             end_session: Mutex::new(CancellationToken::new()),
@@ -116,14 +163,9 @@ impl Upstream {
         self.connected.load(Ordering::Relaxed)
     }
 
-    /// Routes `sub`'s events to `conn` from now on.
-    pub fn route(&self, sub: SubscriptionId, conn: ConnectionHandle) {
-        lock(&self.routes).insert(sub, conn);
-    }
-
-    /// Stops routing `sub`.
-    pub fn unroute(&self, sub: &str) {
-        lock(&self.routes).remove(sub);
+    /// Routes `sub` to this server and its events to `conn` from now on.
+    fn route(&self, sub: SubscriptionId, conn: ConnectionHandle) {
+        self.routes.insert(sub, self.index, conn);
     }
 
     /// Sends a command without waiting. When the server is unreachable or its queue is full,
@@ -175,6 +217,8 @@ impl Upstream {
 #[derive(Debug, Clone)]
 pub struct Upstreams {
     servers: Arc<Vec<Arc<Upstream>>>,
+    routes: Arc<Routes>,
+    metrics: Metrics,
 }
 
 impl Upstreams {
@@ -186,11 +230,19 @@ impl Upstreams {
         shutdown: &CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Self {
+        let routes = Arc::new(Routes::default());
         let servers = endpoints
             .iter()
-            .map(|endpoint| {
+            .enumerate()
+            .map(|(index, endpoint)| {
                 let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-                let up = Arc::new(Upstream::new(endpoint.clone(), tx, metrics.clone()));
+                let up = Arc::new(Upstream::new(
+                    endpoint.clone(),
+                    index,
+                    tx,
+                    routes.clone(),
+                    metrics.clone(),
+                ));
                 tracker.spawn(run_session(
                     up.clone(),
                     security.clone(),
@@ -202,6 +254,37 @@ impl Upstreams {
             .collect();
         Self {
             servers: Arc::new(servers),
+            routes,
+            metrics: metrics.clone(),
+        }
+    }
+
+    /// Routes a new subscription: to the server that owns `subscriber`, its events to
+    /// `conn`. False when there is no server at all.
+    pub fn route(&self, sub: SubscriptionId, subscriber: &str, conn: ConnectionHandle) -> bool {
+        let Some(up) = self.pick(subscriber) else {
+            return false;
+        };
+        up.route(sub, conn);
+        self.metrics.dialogs.inc();
+        true
+    }
+
+    /// Sends a command to the server of its subscription (see [`Upstream::send`]).
+    pub fn send(&self, command: Command) {
+        let server = self.routes.server_of(command.sub());
+        match server.and_then(|i| self.servers.get(i)) {
+            Some(up) => up.send(command),
+            None => {
+                debug!(subscription.id = %command.sub(), "command for a subscription with no route")
+            }
+        }
+    }
+
+    /// Stops routing `sub` (its dialog is gone).
+    pub fn unroute(&self, sub: &str) {
+        if self.routes.remove(sub) {
+            self.metrics.dialogs.dec();
         }
     }
 
@@ -402,9 +485,9 @@ fn drain_while_down(up: &Upstream, commands: &mut mpsc::Receiver<ProxyMessage>) 
 
 /// The session with this server is gone: every subscription routed there ends with
 /// `terminated;reason=deactivated`, so its client re-subscribes at once (RFC 6665 §4.2.2).
+/// The routes stay until each dialog ends and unroutes itself.
 fn lose_all(up: &Upstream) {
-    let routes: Vec<(SubscriptionId, ConnectionHandle)> = lock(&up.routes).drain().collect();
-    for (sub, conn) in routes {
+    for (sub, conn) in up.routes.on_server(up.index) {
         let note = Notification::terminated(sub.clone(), Reason::Deactivated);
         if conn.events.try_send(Event::Notification(note)).is_err() {
             conn.close.cancel();
@@ -414,7 +497,7 @@ fn lose_all(up: &Upstream) {
 
 /// Hands `event` to the connection holding `sub`; closes a connection that cannot keep up.
 fn deliver(routes: &Routes, metrics: &Metrics, sub: &str, event: Event) {
-    let Some(conn) = lock(routes).get(sub).cloned() else {
+    let Some(conn) = routes.connection_of(sub) else {
         debug!(subscription.id = %sub, "event for a subscription no longer here");
         return;
     };

@@ -42,7 +42,13 @@ fn refresh(sub: &str, request_id: u64) -> Command {
 /// A connected upstream whose queue holds one command and is full.
 fn full_upstream() -> (Upstream, mpsc::Receiver<ProxyMessage>) {
     let (tx, rx) = mpsc::channel(1);
-    let up = Upstream::new("http://test".into(), tx, Metrics::default());
+    let up = Upstream::new(
+        "http://test".into(),
+        0,
+        tx,
+        Arc::default(),
+        Metrics::default(),
+    );
     up.connected.store(true, Ordering::Relaxed);
     up.send(delivered("first"));
     (up, rx)

@@ -61,8 +61,12 @@ impl Proxy {
         );
         let dialog = DialogConfig {
             local_host: "proxy.test:5060".into(),
-            via_transport: if opts.tls { "WSS" } else { "WS" },
-            contact_transport: if opts.tls { "wss" } else { "ws" },
+            transport: if opts.tls {
+                crate::dialog::Transport::Wss
+            } else {
+                crate::dialog::Transport::Ws
+            },
+            timers: crate::transaction::Timers::default(),
             notify_timeout: Duration::from_secs(32),
             max_dialogs: 100,
             max_route_set_size: 4096,
