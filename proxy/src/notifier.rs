@@ -68,6 +68,9 @@ pub enum Command {
         client_address: String,
         /// The part of the list asked for (Event parameters `past`, `ahead`, `max`).
         window: Window,
+        /// The largest NOTIFY body the flow's transport carries (UDP); `None`: no limit
+        /// beyond the notifier's own.
+        max_body_bytes: Option<u32>,
     },
     /// An in-dialog SUBSCRIBE; `Some(0)` unsubscribes.
     Refresh {

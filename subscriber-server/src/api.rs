@@ -172,7 +172,7 @@ enum AuthStep {
 #[derive(Debug)]
 enum Done {
     /// An initial SUBSCRIBE was signed in, admitted and its document loaded (or not).
-    Subscribe(Admitted),
+    Subscribe(Box<Admitted>),
     /// The credentials of a refresh were verified.
     Refresh(Box<Verified>),
 }
@@ -194,6 +194,8 @@ struct Admitted {
     first_version: u64,
     /// The part of the list asked for.
     window: Window,
+    /// The largest body the client's transport carries.
+    max_body_bytes: Option<usize>,
     /// The sign-in outcome and digest user name, when credentials were verified.
     auth: Option<(Label, Option<String>)>,
     outcome: Admission,
@@ -414,7 +416,7 @@ impl Session {
 
     async fn on_done(&mut self, done: Done) -> Result<(), Stop> {
         match done {
-            Done::Subscribe(admitted) => self.on_admitted(admitted).await,
+            Done::Subscribe(admitted) => self.on_admitted(*admitted).await,
             Done::Refresh(v) => {
                 let Verified {
                     refresh,
@@ -524,19 +526,24 @@ impl Session {
         self.pending.insert(id.clone(), s.request_id);
         let first_version = s.resume_version.map_or(0, |v| v.saturating_add(1));
         let window = req.window;
+        let max_body_bytes = s
+            .max_body_bytes
+            .filter(|m| *m > 0)
+            .and_then(|m| usize::try_from(m).ok());
         let task = admit(self.ctx.clone(), self.key, req, step, s.client_address);
         let request_id = s.request_id;
         self.tasks.spawn(async move {
             let (subscriber, auth, outcome) = task.await;
-            Done::Subscribe(Admitted {
+            Done::Subscribe(Box::new(Admitted {
                 id,
                 subscriber,
                 request_id,
                 first_version,
                 window,
+                max_body_bytes,
                 auth,
                 outcome,
-            })
+            }))
         });
         Ok(())
     }
@@ -700,6 +707,7 @@ impl Session {
             request_id,
             first_version,
             window,
+            max_body_bytes,
             auth,
             outcome,
         } = admitted;
@@ -758,7 +766,8 @@ impl Session {
         };
         let mut sub = Subscription::new(subscriber.clone(), now + lifetime, first_version)
             .with_identity(identity)
-            .with_window(window.or(self.ctx.default_window));
+            .with_window(window.or(self.ctx.default_window))
+            .with_max_body_bytes(max_body_bytes);
         sub.fetch = fetch;
         self.registry.insert(id.clone(), sub);
         if self.meta.len() > 2 * self.registry.len() + 64 {
@@ -873,10 +882,13 @@ impl Session {
         let Some(latest) = self.ctx.cache.current(&user) else {
             return Ok(());
         };
-        let policy = self.ctx.notify_policy;
         let Some(sub) = self.registry.get_mut(id) else {
             return Ok(());
         };
+        let mut policy = self.ctx.notify_policy;
+        if let Some(max) = sub.max_body_bytes {
+            policy.max_body_bytes = policy.max_body_bytes.min(max);
+        }
         let expires = sub.remaining_secs(now);
         let plan = subscription::plan(sub, &latest.conferences, now, wall, owed, policy);
         let fetch = sub.fetch;
@@ -1393,6 +1405,7 @@ mod tests {
                 client_address: "192.0.2.1:5555".into(),
                 flow_identity: flow_identity.into(),
                 window: None,
+                max_body_bytes: None,
             }))
             .await
         }

@@ -40,6 +40,10 @@ pub const CONTENT_TYPE: &str = "application/conference-list+xml";
 pub const ALLOW: &str = "SUBSCRIBE, OPTIONS";
 /// Notifications queued behind the one in flight, per dialog.
 pub const MAX_QUEUED_NOTIFICATIONS: usize = 16;
+/// The largest NOTIFY body asked of the notifier for a UDP flow: a datagram holds 65 507
+/// bytes, less our headers (with a route set of up to `--max-route-set-size`, 4 KiB by
+/// default). Larger states go out as several NOTIFYs (the notifier's multi-part delivery).
+pub const UDP_MAX_BODY_BYTES: u32 = 60_000;
 /// SUBSCRIBEs of one dialog waiting for the notifier at once.
 pub const MAX_PENDING_REQUESTS: usize = 4;
 
@@ -80,6 +84,12 @@ impl Transport {
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
         }
+    }
+
+    /// The largest NOTIFY body the transport carries, when the notifier's cap may be too
+    /// large for it: over UDP a NOTIFY must fit one datagram ([`UDP_MAX_BODY_BYTES`]).
+    pub fn max_body_bytes(self) -> Option<u32> {
+        (self == Transport::Udp).then_some(UDP_MAX_BODY_BYTES)
     }
 
     /// Reliable (stream) transports never retransmit.
@@ -368,6 +378,7 @@ impl Dialogs {
             credentials: checked.credentials,
             client_address: self.client_address.clone(),
             window: checked.window,
+            max_body_bytes: self.cfg.transport.max_body_bytes(),
         };
         let dialog = Dialog {
             phase: Phase::Establishing,

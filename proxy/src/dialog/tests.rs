@@ -132,6 +132,7 @@ fn initial_subscribe_routes_then_forwards_its_meaning() {
                 flow_identity: None,
                 client_address: String::new(),
                 window: Window::default(),
+                max_body_bytes: None,
             }),
         ]
     );
@@ -800,5 +801,107 @@ fn a_lost_session_answers_a_subscribe_still_waiting_for_the_notifier() {
     assert_eq!(r.status.as_u16(), 503);
     assert_eq!(r.headers.get(&HeaderName::RETRY_AFTER), Some("1"));
     assert_eq!(actions[1], Action::Unroute("p-0-0".into()));
+    assert!(d.is_empty());
+}
+
+fn udp_cfg() -> DialogConfig {
+    DialogConfig {
+        transport: Transport::Udp,
+        ..cfg(10)
+    }
+}
+
+#[test]
+fn over_udp_a_retransmitted_subscribe_is_absorbed_then_answered_the_same() {
+    let now = Instant::now();
+    let mut d = Dialogs::new(udp_cfg(), "p-0".into(), 7);
+    let req = subscribe("c1", None, 1, "Expires: 600\r\n");
+    let actions = d.on_request(req.clone(), now);
+    let Some(Action::Upstream(Command::Subscribe { max_body_bytes, .. })) = actions.get(1) else {
+        panic!("a Subscribe upstream: {actions:?}");
+    };
+    // A UDP flow asks for bodies that fit one datagram.
+    assert_eq!(*max_body_bytes, Some(UDP_MAX_BODY_BYTES));
+    // Before the notifier answered: absorbed, no second dialog.
+    assert!(
+        d.on_request(req.clone(), now + Duration::from_millis(500))
+            .is_empty()
+    );
+    assert_eq!(d.len(), 1);
+    let answered = d.on_event(ok("p-0-0", 1, 600), now + Duration::from_millis(600));
+    let first = response(&answered[0]).clone();
+    // After: the same response again, still one dialog, nothing upstream.
+    let again = d.on_request(req.clone(), now + Duration::from_secs(1));
+    assert_eq!(again, vec![Action::Resend(Message::Response(first))]);
+    assert_eq!(d.len(), 1);
+    // Timer J (64·T1) later the transaction is gone: the same request is new again (and,
+    // a dialog-creating SUBSCRIBE, makes a second dialog, as the RFC has it).
+    d.on_timeout(now + Duration::from_secs(33));
+    let later = d.on_request(req, now + Duration::from_secs(33));
+    assert!(
+        matches!(later.first(), Some(Action::Route { .. })),
+        "{later:?}"
+    );
+}
+
+#[test]
+fn over_udp_a_notify_is_retransmitted_on_timer_e_until_answered_or_timer_f() {
+    let now = Instant::now();
+    let mut d = Dialogs::new(udp_cfg(), "p-0".into(), 7);
+    d.on_request(subscribe("c1", None, 1, "Expires: 600\r\n"), now);
+    d.on_event(ok("p-0-0", 1, 600), now);
+    let sent = d.on_event(notification("p-0-0", 0, State::Active), now);
+    let notify = request(&sent[0]).clone();
+    let mut at = Vec::new();
+    while let Some(deadline) = d.next_deadline() {
+        if deadline > now + Duration::from_secs(8) {
+            break;
+        }
+        for a in d.on_timeout(deadline) {
+            match a {
+                Action::Resend(Message::Request(r)) => {
+                    assert_eq!(r, notify, "a retransmission is the same request");
+                    at.push(deadline - now);
+                }
+                other => panic!("only retransmissions before Timer F: {other:?}"),
+            }
+        }
+    }
+    let ms = |v: &[u64]| {
+        v.iter()
+            .map(|m| Duration::from_millis(*m))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(at, ms(&[500, 1500, 3500, 7500]));
+    // The answer stops them.
+    let actions = d.on_response(&answer_to(&notify, 200), now + Duration::from_secs(8));
+    assert!(matches!(
+        actions[0],
+        Action::Upstream(Command::Delivered {
+            outcome: Outcome::Accepted,
+            ..
+        })
+    ));
+    assert!(
+        d.on_timeout(now + Duration::from_secs(20))
+            .iter()
+            .all(|a| !matches!(a, Action::Resend(_))),
+        "no retransmission after the answer"
+    );
+    // A second notification never answered ends the dialog at Timer F.
+    let sent = d.on_event(
+        notification("p-0-0", 1, State::Active),
+        now + Duration::from_secs(20),
+    );
+    assert!(matches!(sent[0], Action::Notify(_)));
+    let end = d.on_timeout(now + Duration::from_secs(52));
+    assert!(
+        end.contains(&Action::Upstream(Command::Delivered {
+            sub: "p-0-0".into(),
+            version: 1,
+            outcome: Outcome::Timeout,
+        })),
+        "{end:?}"
+    );
     assert!(d.is_empty());
 }

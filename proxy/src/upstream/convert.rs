@@ -23,6 +23,7 @@ pub(super) fn to_proto(c: Command) -> ProxyMessage {
             flow_identity,
             client_address,
             window,
+            max_body_bytes,
         } => proxy_message::Kind::Subscribe(v1::Subscribe {
             subscription_id: sub,
             request_id,
@@ -40,6 +41,7 @@ pub(super) fn to_proto(c: Command) -> ProxyMessage {
                 ahead_seconds: window.ahead,
                 max_count: window.max,
             }),
+            max_body_bytes,
         }),
         Command::Refresh {
             sub,

@@ -34,6 +34,8 @@ pub struct Subscription {
     pub last_sent: Option<Instant>,
     /// The part of the list asked for.
     pub window: Window,
+    /// The largest body the client's transport carries, if below the server's cap.
+    pub max_body_bytes: Option<usize>,
     /// The list as this subscription shows it (window, hidden cancelled meetings), kept
     /// while it holds.
     pub view: Option<View>,
@@ -94,6 +96,7 @@ impl Subscription {
             owed: false,
             last_sent: None,
             window: Window::default(),
+            max_body_bytes: None,
             view: None,
             continuing: false,
             fetch: false,
@@ -112,6 +115,13 @@ impl Subscription {
     pub fn with_window(mut self, window: Window) -> Self {
         self.window = window;
         self.view = None;
+        self
+    }
+
+    /// The same subscription with bodies of at most `max` bytes (`None`: the server's cap).
+    #[must_use]
+    pub fn with_max_body_bytes(mut self, max: Option<usize>) -> Self {
+        self.max_body_bytes = max;
         self
     }
 

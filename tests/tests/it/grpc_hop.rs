@@ -139,6 +139,7 @@ impl Hop {
             client_address: "192.0.2.10:5060".into(),
             flow_identity: flow_identity.into(),
             window: None,
+            max_body_bytes: None,
         }))
         .await;
     }
