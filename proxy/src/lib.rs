@@ -170,12 +170,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     // Each listener's Via/Contact: its own transport, and its own address unless
     // --public-host names one.
+    // A UDP "flow" is only a source address, which anyone can forge: no identity is
+    // remembered for it (every SUBSCRIBE over UDP signs in).
     let listener_dialog = |addr: SocketAddr, transport| dialog::DialogConfig {
         local_host: config
             .public_host
             .clone()
             .unwrap_or_else(|| addr.to_string()),
         transport,
+        flow_identity_lifetime: if transport == dialog::Transport::Udp {
+            std::time::Duration::ZERO
+        } else {
+            shared.dialog.flow_identity_lifetime
+        },
         ..shared.dialog.clone()
     };
     let mut listeners = Vec::new();

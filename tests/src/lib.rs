@@ -11,6 +11,7 @@ pub mod db;
 pub mod pgtls;
 pub mod process;
 pub mod tls;
+pub mod transport_client;
 
 pub use auth::Auth;
 pub use client::{ListView, SipWsClient, Subscription};
@@ -19,6 +20,7 @@ pub use process::{
     Log, Proxy, Server, ServerOptions, set_password, spawn_proxy, spawn_proxy_to, spawn_server,
     start_proxy,
 };
+pub use transport_client::{SipDgramClient, SipStreamClient};
 
 /// How long any single expected event may take.
 pub const EVENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

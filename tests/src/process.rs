@@ -141,6 +141,12 @@ pub struct Proxy {
     pub ws_url: String,
     /// `wss://…` when the proxy serves WSS.
     pub wss_url: Option<String>,
+    /// `IP:PORT` of the SIP-over-UDP listener (`--udp-listen`), when on.
+    pub udp: Option<String>,
+    /// `IP:PORT` of the SIP-over-TCP listener (`--tcp-listen`), when on.
+    pub tcp: Option<String>,
+    /// `IP:PORT` of the SIP-over-TLS listener (`--tls-listen`), when on.
+    pub tls: Option<String>,
     pub admin: String,
 }
 
@@ -209,6 +215,9 @@ pub async fn start_proxy(servers: &str, extra_args: &[&str]) -> Result<Proxy> {
         child,
         ws_url: fields[0].clone(),
         wss_url: field(&line, "wss"),
+        udp: field(&line, "udp"),
+        tcp: field(&line, "tcp"),
+        tls: field(&line, "tls"),
         admin: fields[1].clone(),
     })
 }

@@ -7,7 +7,7 @@
 //! (`--idle-timeout`) and the rate of new SUBSCRIBEs per client address.
 
 use super::limits::{Limits, SubscribeDecision};
-use super::wire::{Inbound, Outbound, Wire};
+use super::wire::{Inbound, Outbound, ReadError, Wire};
 use crate::dialog::{Action, DialogConfig, Dialogs, Limit, Rejection, Reply};
 use crate::metrics::Metrics;
 use crate::upstream::{ConnectionHandle, Upstreams};
@@ -223,7 +223,13 @@ pub async fn run<W: Wire>(mut wire: W, params: ConnectionParams, shared: Arc<Sha
                     None => Step::close(Close::ClientClosed),
                     Some(Err(e)) => {
                         info!(error = %e, "read failed; closing");
-                        Step::close(Close::ReadFailed)
+                        let mut step = Step::close(Close::ReadFailed);
+                        if let ReadError::Framing { head: Some(head), error } = &e {
+                            // The head parses far enough for a 400 that says why.
+                            step.write = super::salvage_bad_request(head, &error.to_string())
+                                .map(Outbound::Message);
+                        }
+                        step
                     }
                 }
             }

@@ -25,8 +25,8 @@ use sip::{HeaderName, NameAddr, Request, Via};
 use std::net::SocketAddr;
 
 /// RFC 3261 §18.2.1 and RFC 3581: note where the request really came from in its top Via
-/// (`received` when the sent-by host differs from the source address, `rport` filled in when
-/// the client asked for it). Browser clients put an unresolvable `*.invalid` host there.
+/// (`received` when the sent-by host differs from the source address or the client asked
+/// for `rport`, which is filled in). Browser clients put an unresolvable `*.invalid` host there.
 pub fn stamp_via(req: &mut Request, peer: SocketAddr) {
     let Some(first) = req.headers.get_split(&HeaderName::VIA).next() else {
         return;
@@ -35,10 +35,12 @@ pub fn stamp_via(req: &mut Request, peer: SocketAddr) {
         return;
     };
     let ip = peer.ip().to_string();
-    if via.host.trim_start_matches('[').trim_end_matches(']') != ip {
+    // RFC 3581 §4: with `rport`, `received` is added even when it equals the sent-by host.
+    let rport = via.params.contains("rport");
+    if rport || via.host.trim_start_matches('[').trim_end_matches(']') != ip {
         via.params.set("received", Some(&ip));
     }
-    if via.params.contains("rport") {
+    if rport {
         via.params.set("rport", Some(&peer.port().to_string()));
     }
     replace_first_via(req, &via.to_string());
@@ -201,6 +203,16 @@ mod tests {
                 "SIP/2.0/WSS abc.invalid;branch=z9hG4bK1;rport=40000;received=127.0.0.1",
                 "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKold"
             ]
+        );
+    }
+
+    #[test]
+    fn rport_brings_received_even_when_the_host_is_the_source() {
+        let mut req = request("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1;rport");
+        stamp_via(&mut req, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(
+            req.headers.get_split(&HeaderName::VIA).next(),
+            Some("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1;rport=5060;received=127.0.0.1")
         );
     }
 

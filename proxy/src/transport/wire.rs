@@ -47,9 +47,15 @@ pub enum ReadError {
     /// The WebSocket layer refused a frame (too large, protocol error).
     #[error("websocket: {0}")]
     WebSocket(String),
-    /// The stream cannot be framed any more.
-    #[error("{0}")]
-    Framing(#[from] FrameError),
+    /// The stream cannot be framed any more; `head` is the message head that could not be
+    /// delimited, when there is one (it still gets its 400 before the close).
+    #[error("{error}")]
+    Framing {
+        /// Why.
+        error: FrameError,
+        /// The head, when it arrived whole.
+        head: Option<Vec<u8>>,
+    },
 }
 
 /// One flow's transport. `recv` must be cancel-safe (the driver selects on it).
@@ -135,8 +141,12 @@ impl<IO: AsyncRead + AsyncWrite + Send + 'static> StreamWire<IO> {
     }
 
     /// The next complete unit in the buffer, if one is there.
-    fn take(&mut self) -> Result<Option<Inbound>, FrameError> {
-        let Some((frame, used)) = frame_stream(&self.buf, self.max_message_size)? else {
+    fn take(&mut self) -> Result<Option<Inbound>, ReadError> {
+        let framed = frame_stream(&self.buf, self.max_message_size).map_err(|error| {
+            let head = memchr_head(&self.buf).map(<[u8]>::to_vec);
+            ReadError::Framing { error, head }
+        })?;
+        let Some((frame, used)) = framed else {
             return Ok(None);
         };
         self.buf.drain(..used);
@@ -158,7 +168,7 @@ impl<IO: AsyncRead + AsyncWrite + Send + 'static> Wire for StreamWire<IO> {
             match self.take() {
                 Ok(Some(unit)) => return Some(Ok(unit)),
                 Ok(None) => {}
-                Err(e) => return Some(Err(e.into())),
+                Err(e) => return Some(Err(e)),
             }
             // `read_buf` is cancel-safe: bytes are in `buf` once it returns, or not read.
             self.buf.reserve(READ_CHUNK);
@@ -181,6 +191,12 @@ impl<IO: AsyncRead + AsyncWrite + Send + 'static> Wire for StreamWire<IO> {
     async fn close(&mut self) {
         let _ = self.writer.shutdown().await;
     }
+}
+
+/// The head at the start of `buf` (through its empty line), if it has arrived.
+fn memchr_head(buf: &[u8]) -> Option<&[u8]> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    buf.get(..end + 4)
 }
 
 /// SIP over UDP: the datagrams of one source address, demultiplexed by the listener; what

@@ -18,11 +18,13 @@ mod operator;
 mod operator_schema;
 mod robustness;
 mod shutdown;
+mod sipp;
 mod soak;
 mod sqlite;
 mod stalls;
 mod subscribe;
 mod tls;
+mod transports;
 
 use conflist_tests::{Proxy, Server, ServerOptions, TestDb, spawn_proxy, spawn_server};
 
