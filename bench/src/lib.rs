@@ -40,3 +40,7 @@ pub async fn start_services(db: &TestDb, server_args: &[String]) -> Result<(Serv
         .context("start conflist-proxy")?;
     Ok((server, proxy))
 }
+
+pub mod conference_info;
+pub mod kamailio;
+pub mod procstat;

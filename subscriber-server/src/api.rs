@@ -46,8 +46,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 /// Outbound messages buffered per session in the stream's queue.
 const SESSION_QUEUE: usize = 1024;
-/// Outbound messages held beyond the stream's queue while the proxy is not reading; one more
-/// ends the session at once.
+/// Outbound messages held beyond the stream's queue while the proxy is not reading, on top
+/// of one per subscription of the session (each has at most one Notification in flight, so
+/// a fan-out to every subscription of a session fits); one more ends the session at once.
 pub const SESSION_BACKLOG: usize = 1024;
 /// Refreshes of one subscription waiting behind one whose credentials are being verified;
 /// more are answered 503 (an honest client has one refresh in flight).
@@ -249,8 +250,9 @@ impl Outbound {
         }
     }
 
-    /// Queues `msg` behind everything sent before it.
-    fn send(&mut self, msg: ServerMessage) -> Result<(), Stop> {
+    /// Queues `msg` behind everything sent before it; the backlog may hold
+    /// [`SESSION_BACKLOG`] + `subscriptions` messages.
+    fn send(&mut self, msg: ServerMessage, subscriptions: usize) -> Result<(), Stop> {
         if self.backlog.is_empty() {
             return match self.tx.try_send(msg) {
                 Ok(()) => Ok(()),
@@ -262,7 +264,7 @@ impl Outbound {
                 }
             };
         }
-        if self.backlog.len() >= SESSION_BACKLOG {
+        if self.backlog.len() >= SESSION_BACKLOG.saturating_add(subscriptions) {
             return Err(Stop::Stalled);
         }
         self.backlog.push_back(msg);
@@ -500,7 +502,13 @@ impl Session {
         let step = match (&self.ctx.auth, credentials_from_proto(s.credentials)) {
             (None, _) => AuthStep::Off,
             (Some(_), Some(creds)) => AuthStep::Verify(creds),
-            (Some(_), None) if !s.flow_identity.is_empty() && self.ctx.trust_flow_identity => {
+            // The flow vouches only for its own user: a SUBSCRIBE for another list on the
+            // same connection (a gateway multiplexing users) is challenged, not refused.
+            (Some(_), None)
+                if !s.flow_identity.is_empty()
+                    && self.ctx.trust_flow_identity
+                    && subscription::same_aor(&s.flow_identity, &req.subscriber) =>
+            {
                 AuthStep::Flow(s.flow_identity)
             }
             (Some(a), None) => {
@@ -1135,7 +1143,9 @@ impl Session {
 
     /// Hands a message to the send path; never waits for the proxy.
     async fn send(&mut self, kind: server_message::Kind) -> Result<(), Stop> {
-        self.out.send(ServerMessage { kind: Some(kind) })
+        let subscriptions = self.registry.len();
+        self.out
+            .send(ServerMessage { kind: Some(kind) }, subscriptions)
     }
 }
 
@@ -1553,10 +1563,12 @@ mod tests {
             .await;
         assert_eq!(status(&a), AnswerStatus::Ok);
         assert_eq!(a.identity, "sip:alice@example.com");
+        // A flow that proved bob, asking for alice's list without credentials: challenged
+        // (a gateway may carry several users), not refused.
         let a = h
             .subscribe("s3", "alice", None, "sip:bob@example.com")
             .await;
-        assert_eq!(status(&a), AnswerStatus::Forbidden);
+        assert_eq!(status(&a), AnswerStatus::Unauthorized);
     }
 
     #[tokio::test]
@@ -1872,7 +1884,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(2);
         let mut out = Outbound::new(tx);
         for n in 0..5 {
-            out.send(answer_msg(n)).unwrap();
+            out.send(answer_msg(n), 0).unwrap();
         }
         assert_eq!(out.backlog.len(), 3, "the stream's queue took two");
         assert!(out.stalled_since.is_some());
@@ -1892,10 +1904,16 @@ mod tests {
 
         // A proxy that reads nothing: the backlog fills, then the session must end.
         for n in 0..(2 + SESSION_BACKLOG as u64) {
-            out.send(answer_msg(n)).unwrap();
+            out.send(answer_msg(n), 0).unwrap();
         }
         assert_eq!(out.backlog.len(), SESSION_BACKLOG);
-        assert_eq!(out.send(answer_msg(0)), Err(Stop::Stalled));
+        assert_eq!(out.send(answer_msg(0), 0), Err(Stop::Stalled));
+        // With subscriptions on the session, one more message each fits (a fan-out to all).
+        for n in 0..3 {
+            out.send(answer_msg(n), 3).unwrap();
+        }
+        assert_eq!(out.backlog.len(), SESSION_BACKLOG + 3);
+        assert_eq!(out.send(answer_msg(0), 3), Err(Stop::Stalled));
 
         drop(rx);
         assert_eq!(out.flush(), Err(Stop::PeerGone));

@@ -6,8 +6,8 @@
 //! `transport::connection` to carry out. It owns each dialog's tags, CSeqs, route set and
 //! remote target (RFC 3261 §12), the flow's server transactions (a retransmitted request
 //! gets the same response, never a second dialog) and, per dialog, the one NOTIFY in flight
-//! ([`delivery`]): newer notifications queue behind it, CSeq strictly increasing.
-//! Validation is in [`validate`], the choice of every SIP status in [`status`].
+//! (`delivery`): newer notifications queue behind it, CSeq strictly increasing.
+//! Validation is in `validate`, the choice of every SIP status in [`status`].
 //! No I/O, no clock, no global randomness: the caller passes `now` and a seed.
 
 mod build;
