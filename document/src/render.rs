@@ -82,25 +82,25 @@ fn entry(w: &mut Writer, e: &Entry) {
 }
 
 fn conference(w: &mut Writer, c: &Conference) {
-    let mut body = Writer::default();
-    body.element("conference-description", &[], &description(&c.description));
-    schedule(&mut body, &c.schedule);
-    body.opt_text("role", c.role.as_deref());
-    body.opt_text("response", c.response.map(|r| r.as_str()));
-    body.opt_text("status", c.status.map(|s| s.as_str()));
-    if let Some(o) = &c.organizer {
-        organizer(&mut body, o);
-    }
-    body.opt_text(
-        "passcode-required",
-        c.passcode_required
-            .map(|p| if p { "true" } else { "false" }),
-    );
     let mut attrs = vec![("entity", c.entity.as_str()), ("state", "full")];
     if let Some(revision) = c.revision.as_deref().filter(|r| !r.is_empty()) {
         attrs.push(("revision", revision));
     }
-    w.element("conference", &attrs, &body.0);
+    w.element_with("conference", &attrs, |body| {
+        body.element_with("conference-description", &[], |b| description(b, &c.description));
+        schedule(body, &c.schedule);
+        body.opt_text("role", c.role.as_deref());
+        body.opt_text("response", c.response.map(|r| r.as_str()));
+        body.opt_text("status", c.status.map(|s| s.as_str()));
+        if let Some(o) = &c.organizer {
+            organizer(body, o);
+        }
+        body.opt_text(
+            "passcode-required",
+            c.passcode_required
+                .map(|p| if p { "true" } else { "false" }),
+        );
+    });
 }
 
 /// `<schedule …/>` with its non-empty attributes; nothing when there are none.
@@ -124,54 +124,50 @@ fn organizer(w: &mut Writer, o: &Organizer) {
     if o.uri.is_empty() {
         return;
     }
-    let mut body = Writer::default();
-    body.text("uri", &o.uri);
-    body.opt_text("display-text", o.display_text.as_deref());
-    w.element("organizer", &[], &body.0);
+    w.element_with("organizer", &[], |b| {
+        b.text("uri", &o.uri);
+        b.opt_text("display-text", o.display_text.as_deref());
+    });
 }
 
-fn description(d: &ConferenceDescription) -> String {
-    let mut w = Writer::default();
+fn description(w: &mut Writer, d: &ConferenceDescription) {
     w.opt_text("display-text", d.display_text.as_deref());
     w.opt_text("subject", d.subject.as_deref());
     w.opt_text("free-text", d.free_text.as_deref());
-    let keywords: Vec<&str> = d
-        .keywords
-        .iter()
-        .map(String::as_str)
-        .filter(|k| !k.is_empty())
-        .collect();
-    w.opt_text("keywords", Some(&keywords.join(" ")));
-    w.element("conf-uris", &[], &uris(&d.conf_uris));
-    w.element("service-uris", &[], &uris(&d.service_uris));
+    if d.keywords.iter().any(|k| !k.is_empty()) {
+        let keywords: Vec<&str> = d
+            .keywords
+            .iter()
+            .map(String::as_str)
+            .filter(|k| !k.is_empty())
+            .collect();
+        w.text("keywords", &keywords.join(" "));
+    }
+    w.element_with("conf-uris", &[], |b| uris(b, &d.conf_uris));
+    w.element_with("service-uris", &[], |b| uris(b, &d.service_uris));
     if let Some(n) = d.maximum_user_count {
         w.text("maximum-user-count", &n.to_string());
     }
-    w.element("available-media", &[], &media(&d.available_media));
-    w.0
+    w.element_with("available-media", &[], |b| media(b, &d.available_media));
 }
 
-fn uris(entries: &[UriEntry]) -> String {
-    let mut w = Writer::default();
+fn uris(w: &mut Writer, entries: &[UriEntry]) {
     for e in entries {
-        let mut body = Writer::default();
-        body.text("uri", &e.uri);
-        body.opt_text("display-text", e.display_text.as_deref());
-        body.opt_text("purpose", e.purpose.as_deref());
-        w.element("entry", &[], &body.0);
+        w.element_with("entry", &[], |b| {
+            b.text("uri", &e.uri);
+            b.opt_text("display-text", e.display_text.as_deref());
+            b.opt_text("purpose", e.purpose.as_deref());
+        });
     }
-    w.0
 }
 
-fn media(entries: &[MediaEntry]) -> String {
-    let mut w = Writer::default();
+fn media(w: &mut Writer, entries: &[MediaEntry]) {
     for e in entries {
-        let mut body = Writer::default();
-        body.opt_text("display-text", e.display_text.as_deref());
-        body.text("type", &e.media_type);
-        w.element("entry", &[("label", &e.label)], &body.0);
+        w.element_with("entry", &[("label", &e.label)], |b| {
+            b.opt_text("display-text", e.display_text.as_deref());
+            b.text("type", &e.media_type);
+        });
     }
-    w.0
 }
 
 /// A string being written; `body` arguments are already-rendered markup.
@@ -182,15 +178,26 @@ impl Writer {
     /// `<name attrs>body</name>`, or `<name attrs/>` when `body` is empty. An element
     /// with neither attributes nor body is omitted (an optional container left empty).
     fn element(&mut self, name: &str, attrs: &[(&str, &str)], body: &str) {
-        if attrs.is_empty() && body.is_empty() {
-            return;
-        }
+        self.element_with(name, attrs, |w| w.0.push_str(body));
+    }
+
+    /// [`Writer::element`] whose body `f` writes in place (no intermediate string): the
+    /// start tag is written first and turned into `<name attrs/>`, or taken back when
+    /// there are no attributes either, if `f` wrote nothing.
+    fn element_with(&mut self, name: &str, attrs: &[(&str, &str)], f: impl FnOnce(&mut Writer)) {
+        let start = self.0.len();
         self.open(name, attrs);
-        if body.is_empty() {
-            self.0.push_str("/>");
+        self.0.push('>');
+        let body = self.0.len();
+        f(self);
+        if self.0.len() == body {
+            if attrs.is_empty() {
+                self.0.truncate(start);
+            } else {
+                self.0.truncate(body - 1);
+                self.0.push_str("/>");
+            }
         } else {
-            self.0.push('>');
-            self.0.push_str(body);
             self.0.push_str("</");
             self.0.push_str(name);
             self.0.push('>');
@@ -244,6 +251,14 @@ fn is_xml_char(c: char) -> bool {
 /// (and in attributes `\t`, `\n`) become character references so that end-of-line
 /// and attribute-value normalization give back exactly `s`.
 fn escape(out: &mut String, s: &str, attr: bool) {
+    // Most text is printable ASCII with nothing to escape: copy it whole.
+    if s
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && !matches!(b, b'&' | b'<' | b'>' | b'"'))
+    {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),

@@ -33,6 +33,8 @@ use tokio::process::{Child, Command};
 /// Connections one process (proxy or load generator) is given at most (the machine's hard
 /// limit is 20 000 open files per process).
 const PER_PROCESS: usize = 15_000;
+/// `--db-tls`.
+static DB_TLS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// The digest password of every bench user.
 const PASSWORD: &str = "bench-password";
 /// Conferences every bench user is a member of (besides the fan-out ones).
@@ -69,9 +71,17 @@ struct Opts {
     /// Changes per fan-out size.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Skip Kamailio (conflist figures only).
+    /// Record a `perf` profile of the system's processes during every rate step into this
+    /// directory (`perf report -i DIR/<system>-<transport>-<rate>.data`).
     #[arg(long)]
-    no_kamailio: bool,
+    perf: Option<PathBuf>,
+    /// Connect conflist to PostgreSQL with libpq's default `sslmode=prefer` (TLS on Debian's
+    /// cluster) instead of `disable` (the before figure of that tuning).
+    #[arg(long)]
+    db_tls: bool,
+    /// Systems to run: `conflist-auth`, `conflist`, `kamailio`.
+    #[arg(long, value_delimiter = ',', default_value = "conflist-auth,conflist,kamailio")]
+    systems: Vec<String>,
 }
 
 fn main() -> Result<()> {
@@ -182,8 +192,17 @@ async fn seed(db: &TestDb, users: usize, fanout: &[usize]) -> Result<()> {
 
 /// Starts conflist on `db`: one server, `proxies` proxies with WebSocket and UDP listeners.
 async fn start_conflist(db: &TestDb, auth: bool, proxies: usize) -> Result<Running> {
+    // PostgreSQL on the same host over loopback, as an operator would connect to a local
+    // database: no TLS (libpq's default `prefer` would negotiate it with Debian's
+    // snakeoil certificate and encrypt every query).
+    let sep = if db.url.contains('?') { '&' } else { '?' };
+    let url = if DB_TLS.load(std::sync::atomic::Ordering::Relaxed) {
+        db.url.clone()
+    } else {
+        format!("{}{sep}sslmode=disable", db.url)
+    };
     let server = spawn_server(
-        &db.url,
+        &url,
         &ServerOptions {
             demo: false,
             auth,
@@ -191,8 +210,8 @@ async fn start_conflist(db: &TestDb, auth: bool, proxies: usize) -> Result<Runni
             extra_args: vec![
                 "--auth-algorithms".into(),
                 "SHA-256,MD5".into(),
-                "--shutdown-grace".into(),
-                "1s".into(),
+                "--max-subscriptions-per-user".into(),
+                "100000".into(),
             ],
             ..ServerOptions::default()
         },
@@ -212,8 +231,6 @@ async fn start_conflist(db: &TestDb, auth: bool, proxies: usize) -> Result<Runni
                 "19000",
                 "--max-subscribes-per-address",
                 "1000000",
-                "--shutdown-grace",
-                "1s",
             ],
         )
         .await
@@ -506,6 +523,29 @@ async fn load_on(r: &Running, l: &LoadOn<'_>, work: &Path) -> Result<Vec<Load>> 
     Ok(loads)
 }
 
+/// `perf record -g` of `pids` into `dir/<name>.data`, until [`stop_perf`].
+fn start_perf(dir: &Path, pids: &[u32], name: &str) -> Result<Child> {
+    std::fs::create_dir_all(dir)?;
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    Command::new("perf")
+        .args(["record", "--call-graph", "dwarf,16384", "-F", "499", "-p", &list.join(","), "-o"])
+        .arg(dir.join(format!("{name}.data")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawn perf (Debian linux-perf)")
+}
+
+async fn stop_perf(mut p: Child) {
+    if let Some(pid) = p.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), p.wait()).await;
+}
+
 #[derive(Debug, Clone)]
 struct RateRow {
     system: System,
@@ -533,6 +573,10 @@ async fn rate_phase(
                 };
                 let r = start(system, db, proxies, work).await?;
                 let cpu0 = total_cpu(&r.pids);
+                let perf = match &o.perf {
+                    Some(dir) => Some(start_perf(dir, &r.pids, &format!("{:?}-{transport}-{rate}", system))?),
+                    None => None,
+                };
                 let loads = load_on(
                     &r,
                     &LoadOn {
@@ -552,6 +596,9 @@ async fn rate_phase(
                     parts.push(l.done().await?);
                 }
                 let cpu = total_cpu(&r.pids) - cpu0;
+                if let Some(p) = perf {
+                    stop_perf(p).await;
+                }
                 r.stop().await;
                 let summary = Summary::merge(&parts);
                 let ok =
@@ -857,6 +904,7 @@ async fn bytes_phase(db: &TestDb) -> Result<Bytes> {
 
 async fn run(o: Opts) -> Result<()> {
     let started = Instant::now();
+    DB_TLS.store(o.db_tls, std::sync::atomic::Ordering::Relaxed);
     let work = std::env::temp_dir().join(format!("conflist-compare-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let max_users = o
@@ -875,10 +923,15 @@ async fn run(o: Opts) -> Result<()> {
         "seeded {max_users} users in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let mut systems = vec![System::ConflistAuth, System::Conflist];
-    if !o.no_kamailio {
-        systems.push(System::Kamailio);
-    }
+    let systems: Vec<System> = [
+        ("conflist-auth", System::ConflistAuth),
+        ("conflist", System::Conflist),
+        ("kamailio", System::Kamailio),
+    ]
+    .into_iter()
+    .filter(|(name, _)| o.systems.iter().any(|s| s == name))
+    .map(|(_, s)| s)
+    .collect();
     let no_auth: Vec<System> = systems
         .iter()
         .copied()
