@@ -80,7 +80,11 @@ struct Opts {
     #[arg(long)]
     db_tls: bool,
     /// Systems to run: `conflist-auth`, `conflist`, `kamailio`.
-    #[arg(long, value_delimiter = ',', default_value = "conflist-auth,conflist,kamailio")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "conflist-auth,conflist,kamailio"
+    )]
     systems: Vec<String>,
 }
 
@@ -528,7 +532,16 @@ fn start_perf(dir: &Path, pids: &[u32], name: &str) -> Result<Child> {
     std::fs::create_dir_all(dir)?;
     let list: Vec<String> = pids.iter().map(u32::to_string).collect();
     Command::new("perf")
-        .args(["record", "--call-graph", "dwarf,16384", "-F", "499", "-p", &list.join(","), "-o"])
+        .args([
+            "record",
+            "--call-graph",
+            "dwarf,16384",
+            "-F",
+            "499",
+            "-p",
+            &list.join(","),
+            "-o",
+        ])
         .arg(dir.join(format!("{name}.data")))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -574,7 +587,11 @@ async fn rate_phase(
                 let r = start(system, db, proxies, work).await?;
                 let cpu0 = total_cpu(&r.pids);
                 let perf = match &o.perf {
-                    Some(dir) => Some(start_perf(dir, &r.pids, &format!("{:?}-{transport}-{rate}", system))?),
+                    Some(dir) => Some(start_perf(
+                        dir,
+                        &r.pids,
+                        &format!("{:?}-{transport}-{rate}", system),
+                    )?),
                     None => None,
                 };
                 let loads = load_on(
@@ -637,6 +654,8 @@ struct HoldRow {
     pss_idle: u64,
     pss_held: u64,
     processes: usize,
+    /// conflist: the proxies' and the server's PSS when held.
+    split: Option<(u64, u64)>,
 }
 
 async fn hold_phase(
@@ -673,6 +692,11 @@ async fn hold_phase(
                 l.opened(Duration::from_secs(300)).await?;
             }
             let pss_held = total_pss(&r.pids);
+            let split = r.conflist.as_ref().map(|c| {
+                let proxies: Vec<u32> = c.proxies.iter().filter_map(|p| p.child.id()).collect();
+                let server: Vec<u32> = c.server.child.id().into_iter().collect();
+                (total_pss(&proxies), total_pss(&server))
+            });
             let mut parts = Vec::new();
             for l in loads {
                 parts.push(l.finish().await?);
@@ -692,6 +716,7 @@ async fn hold_phase(
                 pss_idle,
                 pss_held,
                 processes: r.pids.len(),
+                split,
             });
             r.stop().await;
         }
@@ -1127,6 +1152,23 @@ fn report(
                 added
             );
         }
+        let _ = writeln!(s);
+    }
+
+    for h in hold {
+        if let Some((p, srv)) = h.split {
+            let n = h.established.max(1) as f64;
+            let _ = writeln!(
+                s,
+                "- {} at {}: proxies {:.0} B and server {:.0} B of PSS per subscription",
+                h.system.name(),
+                h.n,
+                p as f64 / n,
+                srv as f64 / n
+            );
+        }
+    }
+    if !hold.is_empty() {
         let _ = writeln!(s);
     }
 

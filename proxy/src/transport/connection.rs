@@ -233,7 +233,7 @@ pub async fn run<W: Wire>(mut wire: W, params: ConnectionParams, shared: Arc<Sha
                     }
                 }
             }
-            Some(event) = events.recv() => Step::actions(conn.dialogs.on_event(event, Instant::now())),
+            Some(event) = events.recv() => Step::actions(conn.dialogs.on_event(*event, Instant::now())),
             () = sleep_until_opt(deadline) => Step::actions(conn.dialogs.on_timeout(Instant::now())),
             _ = probe.tick(), if keepalive.is_some() => {
                 if last_seen.elapsed() > probe_every * 2 {

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 /// Long enough for anything that is going to happen on loopback.
 const WAIT: Duration = Duration::from_secs(10);
 
-fn connection() -> (ConnectionHandle, mpsc::Receiver<Event>) {
+fn connection() -> (ConnectionHandle, mpsc::Receiver<Box<Event>>) {
     let (events, rx) = mpsc::channel(64);
     let handle = ConnectionHandle {
         events,
@@ -63,7 +63,7 @@ async fn a_full_queue_answers_requests_503_and_ends_the_session_for_delivered_an
 
     up.send(refresh("s1", 7));
     assert_eq!(
-        events.try_recv().unwrap(),
+        *events.try_recv().unwrap(),
         Event::Answer(Answer {
             sub: "s1".into(),
             request_id: 7,
@@ -112,7 +112,7 @@ async fn with_no_session_up_nothing_is_ended_and_requests_get_503() {
     assert!(!session.is_cancelled());
     assert_eq!(up.metrics.upstream_queue_overflows.get(), 0);
     assert!(matches!(
-        events.try_recv().unwrap(),
+        *events.try_recv().unwrap(),
         Event::Answer(Answer {
             verdict: Verdict::Unavailable { .. },
             ..
@@ -158,8 +158,8 @@ fn ok_answer(sub: &str) -> Result<ServerMessage, Status> {
     })
 }
 
-async fn next_event(events: &mut mpsc::Receiver<Event>) -> Event {
-    tokio::time::timeout(WAIT, events.recv())
+async fn next_event(events: &mut mpsc::Receiver<Box<Event>>) -> Event {
+    *tokio::time::timeout(WAIT, events.recv())
         .await
         .expect("an event in time")
         .expect("the connection's queue is open")
