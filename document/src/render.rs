@@ -87,7 +87,9 @@ fn conference(w: &mut Writer, c: &Conference) {
         attrs.push(("revision", revision));
     }
     w.element_with("conference", &attrs, |body| {
-        body.element_with("conference-description", &[], |b| description(b, &c.description));
+        body.element_with("conference-description", &[], |b| {
+            description(b, &c.description)
+        });
         schedule(body, &c.schedule);
         body.opt_text("role", c.role.as_deref());
         body.opt_text("response", c.response.map(|r| r.as_str()));
@@ -252,8 +254,7 @@ fn is_xml_char(c: char) -> bool {
 /// and attribute-value normalization give back exactly `s`.
 fn escape(out: &mut String, s: &str, attr: bool) {
     // Most text is printable ASCII with nothing to escape: copy it whole.
-    if s
-        .bytes()
+    if s.bytes()
         .all(|b| (0x20..0x7f).contains(&b) && !matches!(b, b'&' | b'<' | b'>' | b'"'))
     {
         out.push_str(s);

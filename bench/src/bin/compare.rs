@@ -590,7 +590,7 @@ async fn rate_phase(
                     Some(dir) => Some(start_perf(
                         dir,
                         &r.pids,
-                        &format!("{:?}-{transport}-{rate}", system),
+                        &format!("{system:?}-{transport}-{rate}"),
                     )?),
                     None => None,
                 };
