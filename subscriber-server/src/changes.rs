@@ -152,6 +152,7 @@ async fn follow_log(
     let mut horizon = PruneHorizon::default();
     let mut frontier = FrontierWatch::default();
     let mut last_read = Some(Instant::now());
+    let mut retry = Retry::default();
     info!(mode = "log", interval = ?cfg.interval, verify_interval = ?cfg.verify_interval, "following the change log");
     loop {
         if listener.is_none()
@@ -194,6 +195,7 @@ async fn follow_log(
             cfg,
             metrics,
             &mut last_read,
+            &mut retry,
             &mut frontier,
         )
         .await;
@@ -229,6 +231,7 @@ async fn read_and_apply(
     cfg: &FollowerConfig,
     metrics: &Metrics,
     last_read: &mut Option<Instant>,
+    retry: &mut Retry,
     frontier: &mut FrontierWatch,
 ) {
     let read = match directory.read_changes(cursor, PAGE).await {
@@ -251,7 +254,7 @@ async fn read_and_apply(
              subscribers when it commits"
         );
     }
-    // `None`: a recompute failed after the cursor had moved on.
+    // `None`: never read yet (the cache is empty then, so this is cheap).
     let mut resync = last_read.is_none_or(|at| now.duration_since(at) > cfg.retention / 2);
     *last_read = Some(now);
     if resync {
@@ -268,18 +271,40 @@ async fn read_and_apply(
     // Recurring meetings whose occurrence ended are read again like changed conferences.
     let mut conferences = read.conferences;
     conferences.extend(cache.take_due_rolls(chrono::Utc::now()));
+    // A batch whose recompute failed (the cursor moved past its rows) goes again with this
+    // one: only its users are recomputed, not every cached user, so a database that is
+    // slow for a moment does not turn into a full resync on top of the load.
+    conferences.extend(std::mem::take(&mut retry.conferences));
+    resync |= std::mem::take(&mut retry.resync);
     match cache.apply_changes(&conferences, resync).await {
         Ok(n) => {
             metrics.users_changed.inc_by(n as u64);
         }
         Err(e) => {
-            // The cursor moved past these rows: recompute everyone next time.
+            // The cursor moved past these rows: keep them for the next read (bounded:
+            // beyond the limit, recompute everyone instead).
             metrics.change_errors.inc();
-            warn!(error = %e, "recomputing changed users failed; will resync");
-            *last_read = None;
+            warn!(error = %e, conferences = conferences.len(), "recomputing changed users failed; will retry them");
+            if resync || conferences.len() > MAX_RETRY_CONFERENCES {
+                retry.resync = true;
+            } else {
+                retry.conferences = conferences;
+            }
             cache.follower_wake.notify_one();
         }
     }
+}
+
+/// Most conferences of failed batches kept for the next read; beyond, everyone is resynced.
+const MAX_RETRY_CONFERENCES: usize = 100_000;
+
+/// What a failed recompute leaves for the next read.
+#[derive(Debug, Default)]
+struct Retry {
+    /// The conferences whose users were not recomputed.
+    conferences: std::collections::HashSet<String>,
+    /// Every cached user must be recomputed (a failed resync, or too many conferences).
+    resync: bool,
 }
 
 /// Waits for `tick`'s next tick; forever without one.
