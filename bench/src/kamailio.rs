@@ -79,7 +79,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(300);
 /// `stop.sh` SIGKILLs after 10 s.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// A PUBLISH without a final answer by then fails (as in the anchor's `publish.mjs`).
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// RFC 3261 T1 and T2: PUBLISH retransmission over UDP (Timer E).
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);

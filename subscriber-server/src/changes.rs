@@ -151,8 +151,10 @@ async fn follow_log(
     let mut verification = Verification::default();
     let mut horizon = PruneHorizon::default();
     let mut frontier = FrontierWatch::default();
-    let mut last_read = Some(Instant::now());
-    let mut retry = Retry::default();
+    let mut progress = Progress {
+        last_read: Some(Instant::now()),
+        ..Progress::default()
+    };
     info!(mode = "log", interval = ?cfg.interval, verify_interval = ?cfg.verify_interval, "following the change log");
     loop {
         if listener.is_none()
@@ -194,8 +196,7 @@ async fn follow_log(
             &mut cursor,
             cfg,
             metrics,
-            &mut last_read,
-            &mut retry,
+            &mut progress,
             &mut frontier,
         )
         .await;
@@ -230,10 +231,14 @@ async fn read_and_apply(
     cursor: &mut ChangeCursor,
     cfg: &FollowerConfig,
     metrics: &Metrics,
-    last_read: &mut Option<Instant>,
-    retry: &mut Retry,
+    progress: &mut Progress,
     frontier: &mut FrontierWatch,
 ) {
+    let Progress {
+        last_read,
+        conferences: retry_conferences,
+        resync: retry_resync,
+    } = progress;
     let read = match directory.read_changes(cursor, PAGE).await {
         Ok(read) => read,
         Err(e) => {
@@ -274,8 +279,8 @@ async fn read_and_apply(
     // A batch whose recompute failed (the cursor moved past its rows) goes again with this
     // one: only its users are recomputed, not every cached user, so a database that is
     // slow for a moment does not turn into a full resync on top of the load.
-    conferences.extend(std::mem::take(&mut retry.conferences));
-    resync |= std::mem::take(&mut retry.resync);
+    conferences.extend(std::mem::take(retry_conferences));
+    resync |= std::mem::take(retry_resync);
     match cache.apply_changes(&conferences, resync).await {
         Ok(n) => {
             metrics.users_changed.inc_by(n as u64);
@@ -286,9 +291,9 @@ async fn read_and_apply(
             metrics.change_errors.inc();
             warn!(error = %e, conferences = conferences.len(), "recomputing changed users failed; will retry them");
             if resync || conferences.len() > MAX_RETRY_CONFERENCES {
-                retry.resync = true;
+                *retry_resync = true;
             } else {
-                retry.conferences = conferences;
+                *retry_conferences = conferences;
             }
             cache.follower_wake.notify_one();
         }
@@ -298,9 +303,12 @@ async fn read_and_apply(
 /// Most conferences of failed batches kept for the next read; beyond, everyone is resynced.
 const MAX_RETRY_CONFERENCES: usize = 100_000;
 
-/// What a failed recompute leaves for the next read.
+/// Where the follower stands between reads: when it last read the log, and what a failed
+/// recompute left for the next read.
 #[derive(Debug, Default)]
-struct Retry {
+struct Progress {
+    /// The last read (`None`: never read yet).
+    last_read: Option<Instant>,
     /// The conferences whose users were not recomputed.
     conferences: std::collections::HashSet<String>,
     /// Every cached user must be recomputed (a failed resync, or too many conferences).
