@@ -1186,7 +1186,7 @@ fn report(
         );
         let _ = writeln!(
             s,
-            "conflist: an `UPDATE` of a conference all N are members of, from the COMMIT's acknowledgement; Kamailio: a PUBLISH for the presentity all N watch, from its 200. {} changes per size.\n",
+            "conflist: an `UPDATE` of a conference all N are members of, from the COMMIT's acknowledgement; Kamailio: a PUBLISH for the presentity all N watch, from the moment it is sent (its 200 can be read after the first NOTIFYs). {} changes per size.\n",
             o.rounds
         );
         let _ = writeln!(
