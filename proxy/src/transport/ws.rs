@@ -135,8 +135,7 @@ async fn upgrade(
     // Counted by the tracker from here, so shutdown waits for this connection's drain.
     let tracked = tracker.map(|t| t.token());
     let max = shared.config.max_message_size;
-    // Small enough that an idle connection holds little; larger messages grow it.
-    ws.read_buffer_size(2 * 1024)
+    ws.read_buffer_size(8 * 1024)
         .write_buffer_size(8 * 1024)
         // Outgoing NOTIFYs can be far larger than what clients may send: the write buffer
         // must hold the largest notification the upstream accepts (plus SIP headers).
