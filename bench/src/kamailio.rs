@@ -59,12 +59,13 @@
 
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::procstat;
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::process::Command;
@@ -85,8 +86,6 @@ const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
 /// Expires of every PUBLISH (as in `publish.mjs`).
 const PUBLISH_EXPIRES: u32 = 3600;
-/// `AT_CLKTCK` in the ELF auxiliary vector: clock ticks per second of `/proc/<pid>/stat`.
-const AT_CLKTCK: u64 = 17;
 
 /// A running anchor Kamailio, started by [`Kamailio::start`]. Stop it with
 /// [`Kamailio::stop`]; dropping it without stopping runs `stop.sh` synchronously (blocking up
@@ -295,7 +294,7 @@ impl Kamailio {
                 let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
                     continue;
                 };
-                if let Some(stat) = read_stat(pid) {
+                if let Some(stat) = procstat::stat(pid) {
                     children.entry(stat.ppid).or_default().push(pid);
                 }
             }
@@ -330,7 +329,7 @@ impl Kamailio {
     /// Processes that vanish while being read count 0, and so does all of it unless this
     /// process may read Kamailio's smaps (same user, or root: start.sh runs it as the caller).
     pub fn pss_bytes(&self) -> u64 {
-        self.pids().into_iter().filter_map(pss_of).sum()
+        procstat::total_pss(&self.pids())
     }
 
     /// CPU time (user + system) of [`Kamailio::pids`] so far, in seconds: fields `utime` and
@@ -338,13 +337,7 @@ impl Kamailio {
     /// vector, i.e. `sysconf(_SC_CLK_TCK)`, 100 on Linux). Take the difference of two calls
     /// around a load; resolution is one tick per process.
     pub fn cpu_seconds(&self) -> f64 {
-        let ticks: u64 = self
-            .pids()
-            .into_iter()
-            .filter_map(read_stat)
-            .map(|s| s.utime + s.stime)
-            .sum();
-        ticks as f64 / clock_ticks() as f64
+        procstat::total_cpu(&self.pids())
     }
 
     /// Kamailio's own count of shared memory in use, `real_used` of
@@ -587,75 +580,6 @@ fn is_kamailio(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "kamailio")
 }
 
-/// The fields of `/proc/<pid>/stat` used here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stat {
-    ppid: u32,
-    utime: u64,
-    stime: u64,
-}
-
-fn read_stat(pid: u32) -> Option<Stat> {
-    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-/// `pid (comm) state ppid … utime stime …`; comm may hold spaces and parentheses, so the
-/// fields are counted from the last `)`.
-fn parse_stat(stat: &str) -> Option<Stat> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
-    // fields[0] is field 3 (state): field n is fields[n - 3].
-    Some(Stat {
-        ppid: fields.get(1)?.parse().ok()?,
-        utime: fields.get(11)?.parse().ok()?,
-        stime: fields.get(12)?.parse().ok()?,
-    })
-}
-
-fn pss_of(pid: u32) -> Option<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    parse_pss_kb(&rollup).map(|kb| kb * 1024)
-}
-
-/// `Pss:   1234 kB` of smaps_rollup (not `Pss_Anon:` and friends).
-fn parse_pss_kb(rollup: &str) -> Option<u64> {
-    rollup.lines().find_map(|line| {
-        line.strip_prefix("Pss:")?
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-/// Clock ticks per second of `/proc/<pid>/stat` times: `AT_CLKTCK` from
-/// `/proc/self/auxv` (what `sysconf(_SC_CLK_TCK)` returns), else 100.
-fn clock_ticks() -> u64 {
-    static TICKS: OnceLock<u64> = OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::fs::read("/proc/self/auxv")
-            .ok()
-            .and_then(|auxv| auxv_value(&auxv, AT_CLKTCK))
-            .filter(|&t| t > 0)
-            .unwrap_or(100)
-    })
-}
-
-/// The value of `key` in an auxiliary vector: native-endian (key, value) word pairs.
-fn auxv_value(auxv: &[u8], key: u64) -> Option<u64> {
-    const WORD: usize = std::mem::size_of::<usize>();
-    let word = |b: &[u8]| -> Option<u64> {
-        let bytes: [u8; WORD] = b.try_into().ok()?;
-        Some(usize::from_ne_bytes(bytes) as u64)
-    };
-    auxv.chunks_exact(2 * WORD).find_map(|pair| {
-        (word(&pair[..WORD])? == key)
-            .then(|| word(&pair[WORD..]))
-            .flatten()
-    })
-}
-
 /// `name: value` of kamcmd's `core.shmmem` output, read modulo 2^32 (see `shm_used`).
 fn shmmem_field(out: &str, name: &str) -> Option<u64> {
     out.lines().find_map(|line| {
@@ -675,39 +599,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_stat_with_odd_comm() {
-        let stat = "29940 (kam ail) io) S 1 29589 28590 0 -1 4194560 2130 0 0 0 7 12 0 0 20 0 1 0 182340 4392095744 1476 18446744073709551615";
-        assert_eq!(
-            parse_stat(stat),
-            Some(Stat {
-                ppid: 1,
-                utime: 7,
-                stime: 12
-            })
-        );
-        assert_eq!(parse_stat("1 (x) S"), None);
-    }
-
-    #[test]
-    fn parses_pss_and_shmmem() {
-        let rollup = "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:  5760 kB\nPss:  1234 kB\nPss_Anon:  99 kB\n";
-        assert_eq!(parse_pss_kb(rollup), Some(1234));
+    fn parses_shmmem() {
         let shm = "{\n\ttotal: -100663296\n\tfree: -111211048\n\tused: 8600240\n\treal_used: 10547752\n}\n";
         assert_eq!(shmmem_field(shm, "real_used"), Some(10_547_752));
         assert_eq!(shmmem_field(shm, "total"), Some(4000 * 1024 * 1024));
         assert_eq!(shmmem_field(shm, "used"), Some(8_600_240));
-    }
-
-    #[test]
-    fn reads_clock_ticks_from_auxv() {
-        let mut auxv = Vec::new();
-        for (k, v) in [(6usize, 4096usize), (17, 100), (0, 0)] {
-            auxv.extend_from_slice(&k.to_ne_bytes());
-            auxv.extend_from_slice(&v.to_ne_bytes());
-        }
-        assert_eq!(auxv_value(&auxv, AT_CLKTCK), Some(100));
-        assert_eq!(auxv_value(&auxv, 99), None);
-        assert!(clock_ticks() > 0);
     }
 
     #[test]

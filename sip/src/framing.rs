@@ -118,6 +118,11 @@ fn scan_content_length(head: &[u8]) -> Result<usize, FrameError> {
     found.ok_or(FrameError::BadContentLength)
 }
 
+/// Length of the head at the start of `buf` through its empty line, once it has arrived.
+pub fn head_len(buf: &[u8]) -> Option<usize> {
+    find_head_end(buf)
+}
+
 /// Number of leading CRLF bytes, so a caller can drain keep-alives that arrive alone.
 pub fn skip_keepalives(buf: &[u8]) -> usize {
     leading_crlf_len(buf)

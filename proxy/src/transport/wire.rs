@@ -143,7 +143,9 @@ impl<IO: AsyncRead + AsyncWrite + Send + 'static> StreamWire<IO> {
     /// The next complete unit in the buffer, if one is there.
     fn take(&mut self) -> Result<Option<Inbound>, ReadError> {
         let framed = frame_stream(&self.buf, self.max_message_size).map_err(|error| {
-            let head = memchr_head(&self.buf).map(<[u8]>::to_vec);
+            let head = sip::framing::head_len(&self.buf)
+                .and_then(|n| self.buf.get(..n))
+                .map(<[u8]>::to_vec);
             ReadError::Framing { error, head }
         })?;
         let Some((frame, used)) = framed else {
@@ -191,12 +193,6 @@ impl<IO: AsyncRead + AsyncWrite + Send + 'static> Wire for StreamWire<IO> {
     async fn close(&mut self) {
         let _ = self.writer.shutdown().await;
     }
-}
-
-/// The head at the start of `buf` (through its empty line), if it has arrived.
-fn memchr_head(buf: &[u8]) -> Option<&[u8]> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    buf.get(..end + 4)
 }
 
 /// SIP over UDP: the datagrams of one source address, demultiplexed by the listener; what
