@@ -2,9 +2,11 @@
 //! Labels are bounded (answer status names and sign-in outcomes only; never users or ids).
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use prometheus_client::registry::Registry;
 use proto::v1::AnswerStatus;
+use std::sync::atomic::AtomicU64;
 
 /// Label of an answer counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,8 +81,30 @@ impl AuthLabel {
     }
 }
 
+/// Label of the database query histogram (`conflist_server_db_query_seconds{query}`): a
+/// fixed set of query names, never SQL text.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueryLabel {
+    /// Which query.
+    pub query: &'static str,
+}
+
+/// Label of the pool gauge (`conflist_server_db_pool_connections{pool,state}`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    /// `primary` or `replica`.
+    pub pool: &'static str,
+    /// `idle` or `in_use`.
+    pub state: &'static str,
+}
+
+/// Buckets from 1 ms to about 33 s, doubling: database queries and end-to-end latencies.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
 /// Every metric the server exports.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Metrics {
     /// Live subscriptions on this instance.
     pub subscriptions: Gauge,
@@ -118,6 +142,49 @@ pub struct Metrics {
     pub change_frontier_age: Gauge,
     /// Cached lists that verification found wrong and corrected (unlogged changes).
     pub verify_repairs: Counter,
+    /// Subscriptions a proxy re-attached here from another server (`resume_version`).
+    pub subscriptions_resumed: Counter,
+    /// Seconds from a change's row in the change log (`changed_at`) to the first
+    /// Notification that carries it.
+    pub commit_to_notify: Histogram,
+    /// Database query time, by query.
+    pub db_query: Family<QueryLabel, Histogram, fn() -> Histogram>,
+    /// Seconds between now and the newest change-log row the last batch read.
+    pub change_log_lag: Gauge<f64, AtomicU64>,
+    /// Database pool connections, by pool and state.
+    pub db_pool: Family<PoolLabel, Gauge>,
+    /// SIGTERM drains started.
+    pub drains: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            subscriptions: Gauge::default(),
+            sessions: Gauge::default(),
+            sessions_stalled: Counter::default(),
+            notifications: Counter::default(),
+            answers: Family::default(),
+            directory_errors: Counter::default(),
+            notification_bytes: Counter::default(),
+            changes_read: Counter::default(),
+            users_changed: Counter::default(),
+            change_errors: Counter::default(),
+            resyncs: Counter::default(),
+            auth: Family::default(),
+            proxy_rejected: Counter::default(),
+            rows_skipped: Counter::default(),
+            conferences_truncated: Counter::default(),
+            change_frontier_age: Gauge::default(),
+            verify_repairs: Counter::default(),
+            subscriptions_resumed: Counter::default(),
+            commit_to_notify: latency_histogram(),
+            db_query: Family::new_with_constructor(latency_histogram),
+            change_log_lag: Gauge::default(),
+            db_pool: Family::default(),
+            drains: Counter::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -207,6 +274,35 @@ impl Metrics {
             "Cached lists that periodic verification corrected (changes the change log did not carry)",
             m.verify_repairs.clone(),
         );
+        r.register(
+            "subscriptions_resumed",
+            "Subscriptions a proxy re-attached to this server from another one (resume_version)",
+            m.subscriptions_resumed.clone(),
+        );
+        r.register_with_unit(
+            "commit_to_notify",
+            "From a change's change-log row (changed_at) to the first Notification carrying it",
+            prometheus_client::registry::Unit::Seconds,
+            m.commit_to_notify.clone(),
+        );
+        r.register_with_unit(
+            "db_query",
+            "Database query time, by query",
+            prometheus_client::registry::Unit::Seconds,
+            m.db_query.clone(),
+        );
+        r.register_with_unit(
+            "change_log_lag",
+            "Age of the newest change-log row the last batch read (0 when nothing was read)",
+            prometheus_client::registry::Unit::Seconds,
+            m.change_log_lag.clone(),
+        );
+        r.register(
+            "db_pool_connections",
+            "Database pool connections, by pool (primary, replica) and state (idle, in_use)",
+            m.db_pool.clone(),
+        );
+        r.register("drains", "SIGTERM drains started", m.drains.clone());
         m
     }
 }
