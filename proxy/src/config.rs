@@ -3,7 +3,11 @@
 use clap::Parser;
 use conflist_service::settings::{MAX_COUNT, MAX_DURATION, check_range};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// The server used when none is configured.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 
 /// Default `--flow-identity-lifetime`.
 pub const DEFAULT_FLOW_IDENTITY_LIFETIME: &str = "10m";
@@ -122,14 +126,22 @@ pub struct Config {
     #[arg(long, env = "CONFLIST_ADMIN_LISTEN", default_value = "127.0.0.1:9100")]
     pub admin_listen: SocketAddr,
     /// subscriber-server gRPC endpoints, comma-separated; subscribers are spread over them by
-    /// rendezvous hashing.
-    #[arg(
-        long = "server",
-        env = "CONFLIST_SERVERS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:50051"
-    )]
+    /// rendezvous hashing. Default `http://127.0.0.1:50051` when neither this nor
+    /// `--servers-dns`/`--servers-file` is given.
+    #[arg(long = "server", env = "CONFLIST_SERVERS", value_delimiter = ',')]
     pub servers: Vec<String>,
+    /// `http://name:port` whose host resolves to many addresses (a Kubernetes headless
+    /// Service): every address is a server. Comma-separated; re-resolved every
+    /// `--discovery-interval`.
+    #[arg(long, env = "CONFLIST_SERVERS_DNS", value_delimiter = ',')]
+    pub servers_dns: Vec<String>,
+    /// File with one server endpoint URL per line (`#` comments), read again every
+    /// `--discovery-interval`: add or remove servers without restarting the proxy.
+    #[arg(long, env = "CONFLIST_SERVERS_FILE")]
+    pub servers_file: Option<PathBuf>,
+    /// How often `--servers-dns` and `--servers-file` are read again.
+    #[arg(long, env = "CONFLIST_DISCOVERY_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub discovery_interval: Duration,
     /// CA certificate (PEM) that subscriber-servers' TLS certificates must chain to; needed
     /// for `https://` servers.
     #[arg(long, env = "CONFLIST_GRPC_CA")]
@@ -226,13 +238,25 @@ pub struct Config {
 }
 
 impl Config {
+    /// The static server list: `--server`, or the local default when no source is given.
+    pub fn static_servers(&self) -> Vec<String> {
+        let listed: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if listed.is_empty() && self.servers_dns.is_empty() && self.servers_file.is_none() {
+            vec![DEFAULT_SERVER.to_owned()]
+        } else {
+            listed
+        }
+    }
+
     /// Checks values; the message is printed before exit code 64.
     pub fn validate(&self) -> Result<(), String> {
         self.validate_ranges()?;
-        if self.servers.iter().all(|s| s.trim().is_empty()) {
-            return Err("at least one --server is required".into());
-        }
-        for s in &self.servers {
+        for s in self.servers.iter().chain(&self.servers_dns) {
             if !(s.starts_with("http://") || s.starts_with("https://")) {
                 return Err(format!("--server {s:?} must be an http:// or https:// URL"));
             }
@@ -240,7 +264,13 @@ impl Config {
         if self.grpc_tls_cert.is_some() && self.grpc_ca.is_none() {
             return Err("--grpc-tls-cert needs --grpc-ca (client certificates are shown only over TLS to https:// servers)".into());
         }
-        if self.servers.iter().any(|s| s.starts_with("https://")) && self.grpc_ca.is_none() {
+        if self
+            .servers
+            .iter()
+            .chain(&self.servers_dns)
+            .any(|s| s.starts_with("https://"))
+            && self.grpc_ca.is_none()
+        {
             return Err(
                 "https:// servers need --grpc-ca (the CA that signed their certificates)".into(),
             );
@@ -369,6 +399,12 @@ impl Config {
             HOUR,
         )?;
         check_range("--keepalive-interval", self.keepalive_interval, MS, HOUR)?;
+        check_range(
+            "--discovery-interval",
+            self.discovery_interval,
+            Duration::from_millis(100),
+            HOUR,
+        )?;
         let minute = Duration::from_secs(60);
         check_range("--sip-t1", self.sip_t1, MS, minute)?;
         check_range("--sip-t2", self.sip_t2, MS, minute)?;
@@ -494,6 +530,12 @@ mod tests {
         let c = Config::parse_from(["p", "--server", "http://a:1,http://b:2"]);
         assert_eq!(c.servers, vec!["http://a:1", "http://b:2"]);
         assert!(c.validate().is_ok());
+        assert_eq!(
+            Config::parse_from(["p"]).static_servers(),
+            vec![DEFAULT_SERVER]
+        );
+        let dns = Config::parse_from(["p", "--servers-dns", "http://s:50051"]);
+        assert!(dns.static_servers().is_empty(), "DNS replaces the default");
         let c = Config::parse_from(["p", "--server", "a:1"]);
         assert!(c.validate().unwrap_err().contains("http://"));
     }

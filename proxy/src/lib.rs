@@ -107,17 +107,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let tracker = TaskTracker::new();
     let security = upstream_security(&config).context("load the gRPC TLS files and secret")?;
     if security.secret.is_some() {
-        for s in config.servers.iter().filter(|s| sends_in_clear(s)) {
+        for s in config
+            .servers
+            .iter()
+            .chain(&config.servers_dns)
+            .filter(|s| sends_in_clear(s))
+        {
             warn!(server = %s, "the gRPC secret goes to this server unencrypted: use https:// (--grpc-ca)");
         }
     }
+    let static_servers = config.static_servers();
     let upstreams = upstream::Upstreams::start(
-        &config.servers,
+        &static_servers,
         &security,
         &metrics,
         &upstream_token,
         &tracker,
     );
+    let discovery = upstream::Discovery {
+        dns: config.servers_dns.clone(),
+        file: config.servers_file.clone(),
+        interval: config.discovery_interval,
+    };
+    if discovery.is_dynamic() {
+        upstreams.discover(static_servers, discovery).await;
+    }
 
     let udp_addr = udp
         .as_ref()
@@ -230,7 +244,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         servers.spawn(transport::sip_listener::serve(l, shared.clone()));
         ready.push_str(&format!(" tls={addr}"));
     }
-    info!(ws.addr = ?ws_addr, wss.addr = ?wss_addr, udp.addr = ?udp_addr, tcp.addr = ?tcp_addr, tls.addr = ?tls_addr, admin.addr = %admin_addr, servers = ?config.servers, "conflist-proxy listening");
+    info!(ws.addr = ?ws_addr, wss.addr = ?wss_addr, udp.addr = ?udp_addr, tcp.addr = ?tcp_addr, tls.addr = ?tls_addr, admin.addr = %admin_addr, servers = ?config.servers, servers.dns = ?config.servers_dns, servers.file = ?config.servers_file, "conflist-proxy listening");
     println!("{ready}");
 
     let page = config.web().map(|s| Arc::new(web::WebPage::new(&s)));
@@ -256,7 +270,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 }
             })
         });
-        axum::serve(admin, conflist_service::admin_router(registry, ready))
+        let router = conflist_service::admin_router(registry, ready, env!("CARGO_PKG_VERSION"));
+        axum::serve(admin, router)
             .with_graceful_shutdown(async move { admin_token.cancelled().await })
             .await
     });

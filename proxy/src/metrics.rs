@@ -1,6 +1,7 @@
 //! The proxy's Prometheus metrics, registered under `conflist_proxy`. No per-user labels.
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use prometheus_client::registry::Registry;
 
@@ -14,8 +15,22 @@ pub struct ResponseLabels {
     pub outcome: &'static str,
 }
 
+/// Label of `conflist_proxy_reattached_total`: why a subscription moved to another server.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReattachLabel {
+    /// `session_lost`, `not_serving` or `rebalance`.
+    pub reason: &'static str,
+}
+
+/// Label of `conflist_proxy_servers`: the known servers by state.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerStateLabel {
+    /// `serving`, `not_serving` or `down`.
+    pub state: &'static str,
+}
+
 /// Every metric the proxy exports.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Metrics {
     /// Open client connections.
     pub connections: Gauge,
@@ -65,6 +80,50 @@ pub struct Metrics {
     pub notify_retransmissions: Counter,
     /// Responses sent again to a retransmitted request.
     pub response_retransmissions: Counter,
+    /// Subscriptions moved to another server, by why.
+    pub reattached: Family<ReattachLabel, Counter>,
+    /// Re-attaches the new server refused, or that found no server: the subscription ended
+    /// with `deactivated`.
+    pub reattach_failed: Counter,
+    /// Seconds from a NOTIFY's first transmission to its final answer.
+    pub notify_round_trip: Histogram,
+    /// Known subscriber-servers, by state.
+    pub servers: Family<ServerStateLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            dialogs: Gauge::default(),
+            requests: Counter::default(),
+            parse_errors: Counter::default(),
+            notifies: Counter::default(),
+            slow_connections_closed: Counter::default(),
+            upstream_sessions: Gauge::default(),
+            upstream_unavailable: Counter::default(),
+            accept_errors: Counter::default(),
+            tls_handshake_failures: Counter::default(),
+            handshake_timeouts: Counter::default(),
+            origins_refused: Counter::default(),
+            address_connections_refused: Counter::default(),
+            subscribes_rate_limited: Counter::default(),
+            idle_connections_closed: Counter::default(),
+            route_sets_refused: Counter::default(),
+            dialogs_per_connection_refused: Counter::default(),
+            notify_retries: Counter::default(),
+            upstream_queue_overflows: Counter::default(),
+            responses: Family::default(),
+            notify_retransmissions: Counter::default(),
+            response_retransmissions: Counter::default(),
+            reattached: Family::default(),
+            reattach_failed: Counter::default(),
+            // 1 ms to about 33 s, doubling.
+            notify_round_trip: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            servers: Family::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -174,6 +233,27 @@ impl Metrics {
             "response_retransmissions",
             "Responses sent again to a retransmitted request",
             m.response_retransmissions.clone(),
+        );
+        r.register(
+            "reattached",
+            "Subscriptions moved to another server, by reason (session_lost, not_serving, rebalance)",
+            m.reattached.clone(),
+        );
+        r.register(
+            "reattach_failed",
+            "Re-attaches refused or without a server: the subscription ended with deactivated",
+            m.reattach_failed.clone(),
+        );
+        r.register_with_unit(
+            "notify_round_trip",
+            "From a NOTIFY's first transmission to its final answer",
+            prometheus_client::registry::Unit::Seconds,
+            m.notify_round_trip.clone(),
+        );
+        r.register(
+            "servers",
+            "Known subscriber-servers, by state (serving, not_serving, down)",
+            m.servers.clone(),
         );
         m
     }

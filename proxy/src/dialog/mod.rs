@@ -236,6 +236,9 @@ pub struct Dialogs {
     flow_identity: Option<(String, Instant)>,
     /// The client's address, passed on for per-address throttling of failed sign-ins.
     client_address: String,
+    /// Round trip of the NOTIFY the last [`Dialogs::on_response`] completed, for the
+    /// shell's histogram ([`Dialogs::take_round_trip`]).
+    round_trip: Option<Duration>,
 }
 
 impl Dialogs {
@@ -255,7 +258,14 @@ impl Dialogs {
             deadlines: BTreeSet::new(),
             flow_identity: None,
             client_address: String::new(),
+            round_trip: None,
         }
+    }
+
+    /// How long the NOTIFY answered by the last [`Dialogs::on_response`] took, from its
+    /// first transmission to its final answer (`None` if that response completed none).
+    pub fn take_round_trip(&mut self) -> Option<Duration> {
+        self.round_trip.take()
     }
 
     /// Records the client's address (after any trusted load balancer's X-Forwarded-For).
@@ -585,6 +595,7 @@ impl Dialogs {
             self.by_branch.remove(branch);
         }
         self.reschedule(&sub);
+        self.round_trip = Some(now.saturating_duration_since(done.first_sent));
         let accepted = resp.status.is_success();
         let retry = (!accepted)
             .then(|| done.retry_delay(resp, self.cfg.notify_retry))

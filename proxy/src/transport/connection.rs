@@ -315,7 +315,14 @@ impl Connection {
             }
             Ok(Message::Response(resp)) => {
                 self.bad_messages = 0;
-                Step::actions(self.dialogs.on_response(&resp, Instant::now()))
+                let actions = self.dialogs.on_response(&resp, Instant::now());
+                if let Some(rtt) = self.dialogs.take_round_trip() {
+                    self.shared
+                        .metrics
+                        .notify_round_trip
+                        .observe(rtt.as_secs_f64());
+                }
+                Step::actions(actions)
             }
             Err(e) => {
                 self.shared.metrics.parse_errors.inc();

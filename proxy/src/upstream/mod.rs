@@ -17,19 +17,20 @@
 //! subscription on it ends with `terminated;reason=deactivated` and its client re-subscribes.
 
 mod convert;
+mod discovery;
 pub mod ring;
 #[cfg(test)]
 mod tests;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReattachLabel, ServerStateLabel};
 use crate::notifier::{Answer, Command, Event, Notification, Reason, SubscriptionId, Verdict};
 use proto::v1::subscription_service_client::SubscriptionServiceClient;
 use proto::v1::{ProxyMessage, ServerMessage};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -81,43 +82,131 @@ pub struct ConnectionHandle {
     pub close: CancellationToken,
 }
 
-/// The proxy's one routing table: each subscription's server and connection. Connections
-/// add and remove their subscriptions through [`Upstreams`]; a server's session reader
-/// finds the connection here, and a command finds its server here.
+/// Identifies a server for as long as the proxy knows it (never reused).
+pub type ServerId = usize;
+
+/// Request ids of the proxy's own re-attach Subscribes: the dialogs count from 0, so the
+/// top bit keeps the two apart, and an Answer with it set never reaches a dialog.
+const REATTACH_REQUEST: u64 = 1 << 63;
+/// `Retry-After` for a SUBSCRIBE or refresh whose server session broke before it answered.
+const RETRY_AFTER_LOST: u32 = 1;
+/// How often the balancer looks at the server set, and how long a server must have been
+/// serving before subscriptions move to it (a flapping server does not pull users back and
+/// forth).
+const BALANCE_TICK: Duration = Duration::from_millis(250);
+const SETTLE: Duration = Duration::from_secs(1);
+/// Subscriptions moved per tick at most, so that a new server is not flooded.
+const MOVES_PER_TICK: usize = 1000;
+
+/// The proxy's one routing table: each subscription's server and connection, and what the
+/// proxy needs to move it to another server (re-attach). Connections add and remove their
+/// subscriptions through [`Upstreams`]; a server's session reader finds the connection
+/// here, and a command finds its server here.
 #[derive(Debug, Default)]
 pub struct Routes(Mutex<HashMap<SubscriptionId, Route>>);
 
 #[derive(Debug, Clone)]
 struct Route {
-    /// Index of the server in [`Upstreams`].
-    server: usize,
+    /// The server that holds the subscription now.
+    server: ServerId,
     conn: ConnectionHandle,
+    /// The initial Subscribe without its credentials: the template of a re-attach.
+    subscribe: Option<Command>,
+    /// Requests sent to `server` that it has not answered (Subscribe, Refresh).
+    pending: Vec<u64>,
+    /// The initial Subscribe was granted: the subscription can move.
+    attached: bool,
+    /// The identity the grant named, sent as the flow identity of a re-attach.
+    identity: Option<String>,
+    /// When the granted duration ends.
+    expires_at: Option<Instant>,
+    /// The highest Notification version any server sent for it: a re-attach resumes after it.
+    last_version: Option<u64>,
+    /// A terminated Notification came: the subscription is ending and stays put.
+    ended: bool,
+    /// The request id of our re-attach Subscribe while its Answer is awaited.
+    reattach: Option<u64>,
+}
+
+impl Route {
+    fn new(server: ServerId, conn: ConnectionHandle) -> Self {
+        Self {
+            server,
+            conn,
+            subscribe: None,
+            pending: Vec::new(),
+            attached: false,
+            identity: None,
+            expires_at: None,
+            last_version: None,
+            ended: false,
+            reattach: None,
+        }
+    }
+
+    /// Nothing is outstanding on its server: it can move without an answer going astray.
+    fn idle(&self) -> bool {
+        self.attached
+            && !self.ended
+            && self.pending.is_empty()
+            && self.reattach.is_none()
+            && self.last_version.is_some()
+    }
 }
 
 impl Routes {
-    fn insert(&self, sub: SubscriptionId, server: usize, conn: ConnectionHandle) {
-        lock(&self.0).insert(sub, Route { server, conn });
+    fn insert(&self, sub: SubscriptionId, server: ServerId, conn: ConnectionHandle) {
+        lock(&self.0).insert(sub, Route::new(server, conn));
     }
 
     fn remove(&self, sub: &str) -> bool {
         lock(&self.0).remove(sub).is_some()
     }
 
-    fn server_of(&self, sub: &str) -> Option<usize> {
+    fn server_of(&self, sub: &str) -> Option<ServerId> {
         lock(&self.0).get(sub).map(|r| r.server)
     }
 
-    fn connection_of(&self, sub: &str) -> Option<ConnectionHandle> {
-        lock(&self.0).get(sub).map(|r| r.conn.clone())
+    /// Notes a request on its way to the server (the Subscribe is kept as the template of
+    /// a re-attach, without its credentials).
+    fn note_command(&self, command: &Command) {
+        let mut routes = lock(&self.0);
+        match command {
+            Command::Subscribe {
+                sub, request_id, ..
+            } => {
+                if let Some(r) = routes.get_mut(sub) {
+                    r.pending.push(*request_id);
+                    let mut template = command.clone();
+                    if let Command::Subscribe {
+                        credentials,
+                        flow_identity,
+                        ..
+                    } = &mut template
+                    {
+                        *credentials = None;
+                        *flow_identity = None;
+                    }
+                    r.subscribe = Some(template);
+                }
+            }
+            Command::Refresh {
+                sub, request_id, ..
+            } => {
+                if let Some(r) = routes.get_mut(sub) {
+                    r.pending.push(*request_id);
+                }
+            }
+            Command::Unsubscribe { .. } | Command::Delivered { .. } => {}
+        }
     }
 
-    /// The subscriptions held on `server`, with their connections.
-    fn on_server(&self, server: usize) -> Vec<(SubscriptionId, ConnectionHandle)> {
+    /// Number of subscriptions on each server.
+    fn count_on(&self, server: ServerId) -> usize {
         lock(&self.0)
-            .iter()
-            .filter(|(_, r)| r.server == server)
-            .map(|(sub, r)| (sub.clone(), r.conn.clone()))
-            .collect()
+            .values()
+            .filter(|r| r.server == server)
+            .count()
     }
 }
 
@@ -125,33 +214,48 @@ impl Routes {
 #[derive(Debug)]
 pub struct Upstream {
     endpoint: String,
-    /// Its index in [`Upstreams`] (and in [`Routes`]).
-    index: usize,
+    /// Its id in [`Upstreams`] (and in [`Routes`]).
+    id: ServerId,
     commands: mpsc::Sender<ProxyMessage>,
     routes: Arc<Routes>,
     connected: AtomicBool,
+    /// Its gRPC health says SERVING (true until it says otherwise).
+    serving: AtomicBool,
+    /// Discovery no longer lists it: its subscriptions move away, then its session stops.
+    removed: AtomicBool,
+    /// Since when it has been connected and serving.
+    eligible_since: Mutex<Option<Instant>>,
     metrics: Metrics,
     /// Cancelled to end the current session: a `Delivered` or `Unsubscribe` did not fit in
     /// the command queue. Each session installs a fresh token.
     end_session: Mutex<CancellationToken>,
+    /// Ends its session task for good (proxy stopping, or the server removed).
+    stop: CancellationToken,
+    /// Wakes the balancer when its state changes.
+    changed: Arc<Notify>,
 }
 
 impl Upstream {
     fn new(
         endpoint: String,
-        index: usize,
+        id: ServerId,
         commands: mpsc::Sender<ProxyMessage>,
         routes: Arc<Routes>,
         metrics: Metrics,
     ) -> Self {
         Self {
             endpoint,
-            index,
+            id,
             commands,
             routes,
             connected: AtomicBool::new(false),
+            serving: AtomicBool::new(true),
+            removed: AtomicBool::new(false),
+            eligible_since: Mutex::new(None),
             metrics,
             end_session: Mutex::new(CancellationToken::new()),
+            stop: CancellationToken::new(),
+            changed: Arc::new(Notify::new()),
         }
     }
 
@@ -165,9 +269,36 @@ impl Upstream {
         self.connected.load(Ordering::Relaxed)
     }
 
+    /// Whether new and moved subscriptions may go to it: its session is up, its health
+    /// says SERVING, and discovery still lists it.
+    pub fn is_eligible(&self) -> bool {
+        self.is_connected()
+            && self.serving.load(Ordering::Relaxed)
+            && !self.removed.load(Ordering::Relaxed)
+    }
+
+    /// Eligible for at least [`SETTLE`]: the balancer moves subscriptions to it.
+    fn is_settled(&self, now: Instant) -> bool {
+        self.is_eligible()
+            && lock(&self.eligible_since)
+                .is_some_and(|since| now.saturating_duration_since(since) >= SETTLE)
+    }
+
+    /// Records a change of connected/serving state and wakes the balancer.
+    fn state_changed(&self) {
+        let mut since = lock(&self.eligible_since);
+        match (self.is_eligible(), *since) {
+            (true, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => *since = None,
+            _ => {}
+        }
+        drop(since);
+        self.changed.notify_one();
+    }
+
     /// Routes `sub` to this server and its events to `conn` from now on.
     fn route(&self, sub: SubscriptionId, conn: ConnectionHandle) {
-        self.routes.insert(sub, self.index, conn);
+        self.routes.insert(sub, self.id, conn);
     }
 
     /// Sends a command without waiting. When the server is unreachable or its queue is full,
@@ -181,13 +312,9 @@ impl Upstream {
             }
             Command::Unsubscribe { .. } | Command::Delivered { .. } => None,
         };
+        self.routes.note_command(&command);
         let sub = command.sub().to_owned();
-        let result = if self.is_connected() {
-            self.commands.try_send(convert::to_proto(command))
-        } else {
-            Err(mpsc::error::TrySendError::Closed(ProxyMessage::default()))
-        };
-        let Err(error) = result else {
+        let Err(full) = self.send_proto(convert::to_proto(command)) else {
             return;
         };
         self.metrics.upstream_unavailable.inc();
@@ -198,9 +325,9 @@ impl Upstream {
                     request_id,
                     verdict: Verdict::Unavailable { retry_after: None },
                 });
-                deliver(&self.routes, &self.metrics, &sub, answer);
+                deliver(&self.routes, &self.metrics, None, &sub, answer);
             }
-            None if matches!(error, mpsc::error::TrySendError::Full(_)) => {
+            None if full => {
                 let end = lock(&self.end_session);
                 if end.is_cancelled() {
                     debug!(subscription.id = %sub, "command queue full; the session is ending");
@@ -213,18 +340,63 @@ impl Upstream {
             None => {}
         }
     }
+
+    /// Queues `msg` for the session; `Err(true)` when the queue is full, `Err(false)` when
+    /// no session is up.
+    fn send_proto(&self, msg: ProxyMessage) -> Result<(), bool> {
+        if !self.is_connected() {
+            return Err(false);
+        }
+        self.commands.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => true,
+            mpsc::error::TrySendError::Closed(_) => false,
+        })
+    }
 }
 
-/// All configured servers.
+/// Where the proxy finds its servers besides the static `--server` list: DNS names that
+/// resolve to many addresses (a Kubernetes headless Service) and a file of endpoints, both
+/// read again every `interval`.
+#[derive(Debug, Clone, Default)]
+pub struct Discovery {
+    /// `http://name:port` (or `https://`): every address `name` resolves to is a server.
+    pub dns: Vec<String>,
+    /// One endpoint URL per line; `#` starts a comment.
+    pub file: Option<std::path::PathBuf>,
+    /// How often both are read again.
+    pub interval: Duration,
+}
+
+impl Discovery {
+    /// True when anything beyond the static list is configured.
+    pub fn is_dynamic(&self) -> bool {
+        !self.dns.is_empty() || self.file.is_some()
+    }
+}
+
+/// All known servers, the routing table and the balancer.
 #[derive(Debug, Clone)]
 pub struct Upstreams {
-    servers: Arc<Vec<Arc<Upstream>>>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    servers: RwLock<Vec<Arc<Upstream>>>,
     routes: Arc<Routes>,
     metrics: Metrics,
+    security: Security,
+    shutdown: CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
+    next_id: AtomicUsize,
+    next_reattach: AtomicU64,
+    /// Wakes the balancer: a server's state changed.
+    changed: Arc<Notify>,
 }
 
 impl Upstreams {
-    /// Starts one session task per endpoint; they reconnect until `shutdown`.
+    /// Starts one session task per endpoint (they reconnect until `shutdown`) and the
+    /// balancer that moves subscriptions when servers come, go or stop serving.
     pub fn start(
         endpoints: &[String],
         security: &Security,
@@ -232,33 +404,39 @@ impl Upstreams {
         shutdown: &CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Self {
-        let routes = Arc::new(Routes::default());
-        let servers = endpoints
-            .iter()
-            .enumerate()
-            .map(|(index, endpoint)| {
-                let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-                let up = Arc::new(Upstream::new(
-                    endpoint.clone(),
-                    index,
-                    tx,
-                    routes.clone(),
-                    metrics.clone(),
-                ));
-                tracker.spawn(run_session(
-                    up.clone(),
-                    security.clone(),
-                    rx,
-                    shutdown.clone(),
-                ));
-                up
-            })
-            .collect();
-        Self {
-            servers: Arc::new(servers),
-            routes,
+        let inner = Arc::new(Inner {
+            servers: RwLock::new(Vec::new()),
+            routes: Arc::new(Routes::default()),
             metrics: metrics.clone(),
+            security: security.clone(),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+            next_id: AtomicUsize::new(0),
+            next_reattach: AtomicU64::new(0),
+            changed: Arc::new(Notify::new()),
+        });
+        for endpoint in endpoints {
+            inner.add(endpoint.clone());
         }
+        tracker.spawn(balance(inner.clone()));
+        Self { inner }
+    }
+
+    /// Reads `discovery`'s sources once now and then every interval, adding and removing
+    /// servers (the static `endpoints` given to [`Upstreams::start`] always stay).
+    pub async fn discover(&self, statics: Vec<String>, discovery: Discovery) {
+        let inner = self.inner.clone();
+        let mut found = discovery::Found::default();
+        discovery::sync(&inner, &statics, &discovery, &mut found).await;
+        self.inner.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(discovery.interval) => {}
+                    () = inner.shutdown.cancelled() => return,
+                }
+                discovery::sync(&inner, &statics, &discovery, &mut found).await;
+            }
+        });
     }
 
     /// Routes a new subscription: to the server that owns `subscriber`, its events to
@@ -268,14 +446,14 @@ impl Upstreams {
             return false;
         };
         up.route(sub, conn);
-        self.metrics.dialogs.inc();
+        self.inner.metrics.dialogs.inc();
         true
     }
 
     /// Sends a command to the server of its subscription (see [`Upstream::send`]).
     pub fn send(&self, command: Command) {
-        let server = self.routes.server_of(command.sub());
-        match server.and_then(|i| self.servers.get(i)) {
+        let server = self.inner.routes.server_of(command.sub());
+        match server.and_then(|id| self.inner.server(id)) {
             Some(up) => up.send(command),
             None => {
                 debug!(subscription.id = %command.sub(), "command for a subscription with no route")
@@ -285,37 +463,349 @@ impl Upstreams {
 
     /// Stops routing `sub` (its dialog is gone).
     pub fn unroute(&self, sub: &str) {
-        if self.routes.remove(sub) {
-            self.metrics.dialogs.dec();
+        if self.inner.routes.remove(sub) {
+            self.inner.metrics.dialogs.dec();
         }
     }
 
-    /// The server for `subscriber` (rendezvous hashing over the connected servers; all
-    /// servers when none is connected, so the request fails fast with 503).
+    /// The server for `subscriber`: rendezvous hashing over the eligible servers (connected,
+    /// serving, listed); else over the connected ones; else over all, so the request fails
+    /// fast with 503.
     pub fn pick(&self, subscriber: &str) -> Option<Arc<Upstream>> {
-        let connected: Vec<&Arc<Upstream>> =
-            self.servers.iter().filter(|s| s.is_connected()).collect();
-        let candidates = if connected.is_empty() {
-            self.servers.iter().collect()
-        } else {
-            connected
-        };
-        ring::pick(subscriber, &candidates, |s| s.endpoint()).cloned()
+        let servers = read(&self.inner.servers);
+        let listed: Vec<&Arc<Upstream>> = servers
+            .iter()
+            .filter(|s| !s.removed.load(Ordering::Relaxed))
+            .collect();
+        let eligible: Vec<&Arc<Upstream>> =
+            listed.iter().copied().filter(|s| s.is_eligible()).collect();
+        let connected: Vec<&Arc<Upstream>> = listed
+            .iter()
+            .copied()
+            .filter(|s| s.is_connected())
+            .collect();
+        let candidates = [eligible, connected, listed]
+            .into_iter()
+            .find(|c| !c.is_empty())
+            .unwrap_or_default();
+        ring::pick(subscriber, &candidates, |s| s.endpoint()).map(|s| (*s).clone())
     }
 
     /// True when at least one server session is up.
     pub fn any_connected(&self) -> bool {
-        self.servers.iter().any(|s| s.is_connected())
+        read(&self.inner.servers).iter().any(|s| s.is_connected())
+    }
+
+    /// The servers known now (tests and the admin view).
+    pub fn servers(&self) -> Vec<Arc<Upstream>> {
+        read(&self.inner.servers).clone()
     }
 }
 
-/// Keeps a session stream to one server open, reconnecting with backoff.
+impl Inner {
+    fn server(&self, id: ServerId) -> Option<Arc<Upstream>> {
+        read(&self.servers).iter().find(|s| s.id == id).cloned()
+    }
+
+    /// Adds a server and starts its session task.
+    fn add(self: &Arc<Self>, endpoint: String) -> Arc<Upstream> {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut up = Upstream::new(endpoint, id, tx, self.routes.clone(), self.metrics.clone());
+        up.stop = self.shutdown.child_token();
+        up.changed = self.changed.clone();
+        let up = Arc::new(up);
+        write(&self.servers).push(up.clone());
+        self.tracker.spawn(run_session(
+            self.clone(),
+            up.clone(),
+            self.security.clone(),
+            rx,
+        ));
+        info!(endpoint = %up.endpoint, "server added");
+        up
+    }
+
+    /// The servers subscriptions may go to, as the balancer sees them (settled).
+    fn settled(&self, now: Instant) -> Vec<Arc<Upstream>> {
+        read(&self.servers)
+            .iter()
+            .filter(|s| s.is_settled(now))
+            .cloned()
+            .collect()
+    }
+
+    /// The session with `from` is gone. A SUBSCRIBE or refresh it had not answered gets
+    /// 503 with `Retry-After`; every established subscription moves to the server that now
+    /// owns its subscriber, resuming after the last version its client was sent; with no
+    /// server to move to it ends with `terminated;reason=deactivated`, so its client
+    /// re-subscribes at once (RFC 6665 §4.2.2).
+    fn failover(&self, from: &Upstream) {
+        let targets: Vec<Arc<Upstream>> = read(&self.servers)
+            .iter()
+            .filter(|s| s.id != from.id && s.is_eligible())
+            .cloned()
+            .collect();
+        let candidates: Vec<&Arc<Upstream>> = targets.iter().collect();
+        let mut unanswered = Vec::new();
+        let mut moves = Vec::new();
+        let mut lost = Vec::new();
+        {
+            let mut routes = lock(&self.routes.0);
+            for (sub, route) in routes.iter_mut().filter(|(_, r)| r.server == from.id) {
+                let initial = match &route.subscribe {
+                    Some(Command::Subscribe { request_id, .. }) => Some(*request_id),
+                    _ => None,
+                };
+                let mut answered_initial = false;
+                for request_id in route.pending.drain(..) {
+                    answered_initial |= Some(request_id) == initial;
+                    unanswered.push((sub.clone(), request_id));
+                }
+                route.reattach = None;
+                if route.ended || answered_initial {
+                    // Ending already, or its 503 ends it.
+                    continue;
+                }
+                if !route.attached {
+                    lost.push((sub.clone(), route.conn.clone()));
+                    continue;
+                }
+                let subscriber = match &route.subscribe {
+                    Some(Command::Subscribe { subscriber, .. }) => subscriber.as_str(),
+                    _ => "",
+                };
+                match ring::pick(subscriber, &candidates, |s| s.endpoint()) {
+                    Some(to) => moves.push((sub.clone(), (*to).clone())),
+                    None => lost.push((sub.clone(), route.conn.clone())),
+                }
+            }
+        }
+        for (sub, request_id) in unanswered {
+            let answer = Event::Answer(Answer {
+                sub: sub.clone(),
+                request_id,
+                verdict: Verdict::Unavailable {
+                    retry_after: Some(RETRY_AFTER_LOST),
+                },
+            });
+            deliver(&self.routes, &self.metrics, None, &sub, answer);
+        }
+        let moved = moves.len();
+        for (sub, to) in moves {
+            if !self.reattach(&sub, &to, None, "session_lost") {
+                self.end(&sub);
+            }
+        }
+        if !lost.is_empty() {
+            warn!(endpoint = %from.endpoint, subscriptions = lost.len(), "no other server is serving: ending the subscriptions of the lost session with deactivated");
+        }
+        for (sub, conn) in lost {
+            self.metrics.reattach_failed.inc();
+            terminate(&sub, &conn);
+        }
+        if moved > 0 {
+            info!(endpoint = %from.endpoint, subscriptions = moved, "re-attached the subscriptions of a lost session");
+        }
+    }
+
+    /// Moves `sub` to `to` with a re-attach Subscribe (the client's dialog does not notice:
+    /// the new server's first Notification continues its versions), then drops it on the
+    /// server that held it, if that one is still up. False when `to` could not take it.
+    fn reattach(
+        &self,
+        sub: &str,
+        to: &Upstream,
+        from: Option<&Upstream>,
+        reason: &'static str,
+    ) -> bool {
+        let request_id = REATTACH_REQUEST | self.next_reattach.fetch_add(1, Ordering::Relaxed);
+        let msg = {
+            let mut routes = lock(&self.routes.0);
+            let Some(route) = routes.get_mut(sub) else {
+                return true;
+            };
+            let Some(Command::Subscribe { .. }) = &route.subscribe else {
+                return false;
+            };
+            let now = Instant::now();
+            let remaining = route
+                .expires_at
+                .map(|at| at.saturating_duration_since(now).as_secs());
+            if remaining == Some(0) {
+                return false;
+            }
+            let mut command = route.subscribe.clone().unwrap_or(Command::Unsubscribe {
+                sub: sub.to_owned(),
+            });
+            if let Command::Subscribe {
+                request_id: id,
+                expires,
+                flow_identity,
+                ..
+            } = &mut command
+            {
+                *id = request_id;
+                *expires = remaining.map(|r| u32::try_from(r).unwrap_or(u32::MAX));
+                flow_identity.clone_from(&route.identity);
+            }
+            let mut msg = convert::to_proto(command);
+            if let Some(proto::v1::proxy_message::Kind::Subscribe(s)) = &mut msg.kind {
+                s.resume_version = route.last_version;
+            }
+            route.server = to.id;
+            route.reattach = Some(request_id);
+            msg
+        };
+        if to.send_proto(msg).is_err() {
+            let mut routes = lock(&self.routes.0);
+            if let Some(route) = routes.get_mut(sub) {
+                route.reattach = None;
+                if let Some(from) = from {
+                    route.server = from.id;
+                }
+            }
+            return false;
+        }
+        if let Some(from) = from {
+            from.send(Command::Unsubscribe {
+                sub: sub.to_owned(),
+            });
+        }
+        self.metrics
+            .reattached
+            .get_or_create(&ReattachLabel { reason })
+            .inc();
+        true
+    }
+
+    /// Ends `sub` with `deactivated` (its client re-subscribes).
+    fn end(&self, sub: &str) {
+        self.metrics.reattach_failed.inc();
+        let conn = lock(&self.routes.0).get(sub).map(|r| r.conn.clone());
+        if let Some(conn) = conn {
+            terminate(sub, &conn);
+        }
+    }
+
+    /// One pass of the balancer: subscriptions whose owner (rendezvous hashing over the
+    /// settled servers) is not the server holding them move there, at most
+    /// [`MOVES_PER_TICK`] at a time. True when some could not move yet.
+    fn rebalance(&self, now: Instant) -> bool {
+        let settled = self.settled(now);
+        let candidates: Vec<&Arc<Upstream>> = settled.iter().collect();
+        if candidates.is_empty() {
+            return false;
+        }
+        let mut moves = Vec::new();
+        let mut left = false;
+        {
+            let routes = lock(&self.routes.0);
+            for (sub, route) in routes.iter() {
+                let Some(Command::Subscribe { subscriber, .. }) = &route.subscribe else {
+                    continue;
+                };
+                let Some(owner) = ring::pick(subscriber, &candidates, |s| s.endpoint()) else {
+                    continue;
+                };
+                if owner.id == route.server {
+                    continue;
+                }
+                if !route.idle() || moves.len() >= MOVES_PER_TICK {
+                    left |= !route.ended;
+                    continue;
+                }
+                moves.push((sub.clone(), route.server, (*owner).clone()));
+            }
+        }
+        for (sub, from, to) in moves {
+            let Some(from) = self.server(from) else {
+                continue;
+            };
+            // A server whose session is down is the failover's business, not ours.
+            if !from.is_connected() {
+                continue;
+            }
+            let reason = if from.is_eligible() {
+                "rebalance"
+            } else {
+                "not_serving"
+            };
+            if !self.reattach(&sub, &to, Some(&from), reason) {
+                left = true;
+            }
+        }
+        left
+    }
+
+    /// Servers removed from discovery that hold nothing any more stop their sessions.
+    fn retire(&self) {
+        let mut servers = write(&self.servers);
+        servers.retain(|s| {
+            let gone = s.removed.load(Ordering::Relaxed) && self.routes.count_on(s.id) == 0;
+            if gone {
+                info!(endpoint = %s.endpoint, "server removed");
+                s.stop.cancel();
+            }
+            !gone
+        });
+    }
+
+    fn count_states(&self) {
+        let (mut serving, mut not_serving, mut down) = (0, 0, 0);
+        for s in read(&self.servers).iter() {
+            if !s.is_connected() {
+                down += 1;
+            } else if s.is_eligible() {
+                serving += 1;
+            } else {
+                not_serving += 1;
+            }
+        }
+        for (state, n) in [
+            ("serving", serving),
+            ("not_serving", not_serving),
+            ("down", down),
+        ] {
+            self.metrics
+                .servers
+                .get_or_create(&ServerStateLabel { state })
+                .set(n);
+        }
+    }
+}
+
+/// The balancer: wakes when a server's state changes, and on a tick (a server settles,
+/// moves left over), and moves subscriptions to their owners.
+async fn balance(inner: Arc<Inner>) {
+    let mut last: Vec<ServerId> = Vec::new();
+    let mut left = false;
+    loop {
+        tokio::select! {
+            () = inner.changed.notified() => {}
+            () = tokio::time::sleep(BALANCE_TICK) => {}
+            () = inner.shutdown.cancelled() => return,
+        }
+        let now = Instant::now();
+        inner.count_states();
+        let set: Vec<ServerId> = inner.settled(now).iter().map(|s| s.id).collect();
+        if set != last || left {
+            left = inner.rebalance(now);
+            last = set;
+        }
+        inner.retire();
+    }
+}
+
+/// Keeps a session stream to one server open, reconnecting with backoff, and watches its
+/// gRPC health.
 async fn run_session(
+    inner: Arc<Inner>,
     up: Arc<Upstream>,
     security: Security,
     mut commands: mpsc::Receiver<ProxyMessage>,
-    shutdown: CancellationToken,
 ) {
+    let shutdown = up.stop.clone();
     let mut backoff = Duration::from_millis(100);
     loop {
         let connect = tonic::transport::Endpoint::from_shared(up.endpoint.clone()).and_then(|ep| {
@@ -345,12 +835,8 @@ async fn run_session(
                 return;
             }
         };
-        let mut client = match channel {
-            Ok(ch) => SubscriptionServiceClient::with_interceptor(
-                ch,
-                SecretInterceptor(security.secret.clone()),
-            )
-            .max_decoding_message_size(MAX_NOTIFICATION_BYTES),
+        let channel = match channel {
+            Ok(ch) => ch,
             Err(e) => {
                 debug!(endpoint = %up.endpoint, error = %e, "server not reachable");
                 drain_while_down(&up, &mut commands);
@@ -362,6 +848,11 @@ async fn run_session(
                 continue;
             }
         };
+        let mut client = SubscriptionServiceClient::with_interceptor(
+            channel.clone(),
+            SecretInterceptor(security.secret.clone()),
+        )
+        .max_decoding_message_size(MAX_NOTIFICATION_BYTES);
         let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
         let end = CancellationToken::new();
         *lock(&up.end_session) = end.clone();
@@ -373,6 +864,7 @@ async fn run_session(
             Ok(r) => r.into_inner(),
             Err(status) => {
                 warn!(endpoint = %up.endpoint, %status, "server refused the session");
+                drain_while_down(&up, &mut commands);
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = shutdown.cancelled() => return,
@@ -382,16 +874,20 @@ async fn run_session(
             }
         };
         backoff = Duration::from_millis(100);
+        up.serving.store(true, Ordering::Relaxed);
         up.connected.store(true, Ordering::Relaxed);
+        up.state_changed();
         up.metrics.upstream_sessions.inc();
         info!(endpoint = %up.endpoint, "server session up");
         let ended = {
-            // Two paths, polled side by side: neither waits for the other.
+            // Three paths, polled side by side: none waits for another.
             let writer = write_commands(&mut commands, &stream_tx);
             let reader = read_events(&up, &mut inbound);
+            let health = watch_health(&up, channel);
             tokio::select! {
                 why = writer => why,
                 why = reader => why,
+                () = health => "health watch ended",
                 () = end.cancelled() => "command queue full",
                 // Cancelled after the connections have drained: flush what they queued
                 // (their final Unsubscribes) below, then end the session.
@@ -402,17 +898,57 @@ async fn run_session(
             flush(&mut commands, stream_tx, &mut inbound).await;
         }
         up.connected.store(false, Ordering::Relaxed);
+        up.state_changed();
         up.metrics.upstream_sessions.dec();
         warn!(endpoint = %up.endpoint, reason = ended, "server session down");
         // Commands still queued were meant for the session that is gone: requests get 503
         // while their routes still exist, the rest described state the server has dropped.
         drain_while_down(&up, &mut commands);
-        lose_all(&up);
         if ended == "proxy stopping" || shutdown.is_cancelled() {
             return;
         }
+        inner.failover(&up);
     }
 }
+
+/// Follows the server's gRPC health (`grpc.health.v1.Health/Watch` for the session
+/// service): NOT_SERVING takes it out of the rendezvous set (its subscriptions move), SERVING
+/// puts it back. A server without the health service counts as serving. Returns only if the
+/// session should end (never, today: a broken watch leaves the state as it was).
+async fn watch_health(up: &Upstream, channel: tonic::transport::Channel) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut client = HealthClient::new(channel);
+    let request = HealthCheckRequest {
+        service: SERVICE_NAME.to_owned(),
+    };
+    let mut stream = match client.watch(request).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            debug!(endpoint = %up.endpoint, %status, "no health watch; the session alone decides");
+            return std::future::pending().await;
+        }
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(r)) => {
+                let serving = r.status == ServingStatus::Serving as i32;
+                if up.serving.swap(serving, Ordering::Relaxed) != serving {
+                    if serving {
+                        info!(endpoint = %up.endpoint, "server serving again");
+                    } else {
+                        warn!(endpoint = %up.endpoint, "server not serving (database unreachable or draining): moving its subscriptions");
+                    }
+                    up.state_changed();
+                }
+            }
+            Ok(None) | Err(_) => return std::future::pending().await,
+        }
+    }
+}
+
+/// The gRPC service whose health the proxy follows.
+const SERVICE_NAME: &str = "conflist.v1.SubscriptionService";
 
 /// The session's send path: moves commands into the stream as fast as the server takes
 /// them. Room in the stream is reserved before a command is taken off the queue, so a
@@ -438,7 +974,7 @@ async fn read_events(up: &Upstream, inbound: &mut tonic::Streaming<ServerMessage
         match inbound.message().await {
             Ok(Some(msg)) => {
                 if let Some((sub, event)) = convert::from_proto(msg) {
-                    deliver(&up.routes, &up.metrics, &sub, event);
+                    deliver(&up.routes, &up.metrics, Some(up.id), &sub, event);
                 }
             }
             Ok(None) => return "server closed the session",
@@ -472,40 +1008,94 @@ async fn flush(
 }
 
 /// While no session is up, queued commands cannot be delivered: answer them Unavailable.
+/// A re-attach still queued is the failover's to redo, not a dialog's to answer.
 fn drain_while_down(up: &Upstream, commands: &mut mpsc::Receiver<ProxyMessage>) {
     while let Ok(msg) = commands.try_recv() {
         if let Some((sub, request_id)) = convert::request_of(&msg) {
+            if request_id & REATTACH_REQUEST != 0 {
+                continue;
+            }
             let answer = Event::Answer(Answer {
                 sub: sub.clone(),
                 request_id,
                 verdict: Verdict::Unavailable { retry_after: None },
             });
-            deliver(&up.routes, &up.metrics, &sub, answer);
+            deliver(&up.routes, &up.metrics, None, &sub, answer);
         }
     }
 }
 
-/// The session with this server is gone: every subscription routed there ends with
-/// `terminated;reason=deactivated`, so its client re-subscribes at once (RFC 6665 §4.2.2).
-/// The routes stay until each dialog ends and unroutes itself.
-fn lose_all(up: &Upstream) {
-    for (sub, conn) in up.routes.on_server(up.index) {
-        let note = Notification::terminated(sub.clone(), Reason::Deactivated);
-        if conn
-            .events
-            .try_send(Box::new(Event::Notification(note)))
-            .is_err()
-        {
-            conn.close.cancel();
-        }
+/// Ends a subscription the proxy can no longer serve with `terminated;reason=deactivated`,
+/// so its client re-subscribes at once (RFC 6665 §4.2.2). The route stays until the dialog
+/// ends and unroutes itself.
+fn terminate(sub: &str, conn: &ConnectionHandle) {
+    let note = Notification::terminated(sub.to_owned(), Reason::Deactivated);
+    if conn
+        .events
+        .try_send(Box::new(Event::Notification(note)))
+        .is_err()
+    {
+        conn.close.cancel();
     }
 }
 
-/// Hands `event` to the connection holding `sub`; closes a connection that cannot keep up.
-fn deliver(routes: &Routes, metrics: &Metrics, sub: &str, event: Event) {
-    let Some(conn) = routes.connection_of(sub) else {
-        debug!(subscription.id = %sub, "event for a subscription no longer here");
-        return;
+/// Hands `event` (from server `from`, or made by the proxy when `None`) to the connection
+/// holding `sub`, keeping the route's re-attach state; closes a connection that cannot keep
+/// up. An event from a server that no longer holds the subscription is dropped (it moved),
+/// and the Answer to a re-attach stays here.
+fn deliver(routes: &Routes, metrics: &Metrics, from: Option<ServerId>, sub: &str, event: Event) {
+    let conn = {
+        let mut table = lock(&routes.0);
+        let Some(route) = table.get_mut(sub) else {
+            debug!(subscription.id = %sub, "event for a subscription no longer here");
+            return;
+        };
+        if from.is_some_and(|id| id != route.server) {
+            debug!(subscription.id = %sub, "event from the server the subscription moved away from");
+            return;
+        }
+        match &event {
+            Event::Answer(a) if Some(a.request_id) == route.reattach => {
+                route.reattach = None;
+                match &a.verdict {
+                    Verdict::Ok { granted, .. } => {
+                        route.expires_at =
+                            Instant::now().checked_add(Duration::from_secs(u64::from(*granted)));
+                        return;
+                    }
+                    verdict => {
+                        warn!(subscription.id = %sub, ?verdict, "the new server refused the re-attach: ending the subscription");
+                        metrics.reattach_failed.inc();
+                        let conn = route.conn.clone();
+                        drop(table);
+                        terminate(sub, &conn);
+                        return;
+                    }
+                }
+            }
+            Event::Answer(a) => {
+                route.pending.retain(|id| *id != a.request_id);
+                if let Verdict::Ok { granted, identity } = &a.verdict {
+                    let initial = matches!(&route.subscribe, Some(Command::Subscribe { request_id, .. }) if *request_id == a.request_id);
+                    if initial {
+                        route.attached = true;
+                        route.identity.clone_from(identity);
+                    }
+                    route.expires_at =
+                        Instant::now().checked_add(Duration::from_secs(u64::from(*granted)));
+                }
+            }
+            Event::Notification(n) => {
+                if from.is_some() {
+                    route.last_version =
+                        Some(route.last_version.map_or(n.version, |v| v.max(n.version)));
+                }
+                if matches!(n.state, crate::notifier::State::Terminated(_)) {
+                    route.ended = true;
+                }
+            }
+        }
+        route.conn.clone()
     };
     match conn.events.try_send(Box::new(event)) {
         Ok(()) => {}
@@ -521,4 +1111,12 @@ fn deliver(routes: &Routes, metrics: &Metrics, sub: &str, event: Event) {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock only means another thread panicked mid-insert; the map is still usable.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -190,7 +190,7 @@ async fn a_server_that_stops_reading_does_not_stop_events_and_overflow_ends_the_
         &shutdown,
         &tracker,
     );
-    let up = ups.servers[0].clone();
+    let up = ups.servers()[0].clone();
     let (_inbound, to_proxy) = tokio::time::timeout(WAIT, sessions.recv())
         .await
         .expect("the proxy opens a session")
@@ -246,4 +246,259 @@ async fn a_server_that_stops_reading_does_not_stop_events_and_overflow_ends_the_
     shutdown.cancel();
     tracker.close();
     server.abort();
+}
+
+/// A fake server on loopback that hands each session to the test.
+async fn fake_server() -> (
+    String,
+    mpsc::Receiver<HeldSession>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (sessions_tx, sessions) = mpsc::channel(4);
+    let task = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(SubscriptionServiceServer::new(Stalling {
+                sessions: sessions_tx,
+            }))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await;
+    });
+    (format!("http://{addr}"), sessions, task)
+}
+
+async fn next_command(inbound: &mut Streaming<ProxyMessage>) -> proto::v1::proxy_message::Kind {
+    tokio::time::timeout(WAIT, inbound.message())
+        .await
+        .expect("a command in time")
+        .unwrap()
+        .unwrap()
+        .kind
+        .unwrap()
+}
+
+fn notification(sub: &str, version: u64) -> Result<ServerMessage, Status> {
+    Ok(ServerMessage {
+        kind: Some(server_message::Kind::Notification(
+            proto::v1::Notification {
+                subscription_id: sub.into(),
+                version,
+                state: proto::v1::SubscriptionState::Active.into(),
+                expires: 600,
+                content_type: "application/conference-list+xml".into(),
+                body: b"<conference-list/>".to_vec(),
+                ..Default::default()
+            },
+        )),
+    })
+}
+
+fn answer(sub: &str, request_id: u64, identity: &str) -> Result<ServerMessage, Status> {
+    Ok(ServerMessage {
+        kind: Some(server_message::Kind::Answer(ProtoAnswer {
+            subscription_id: sub.into(),
+            request_id,
+            status: AnswerStatus::Ok.into(),
+            granted_expires: 600,
+            identity: identity.into(),
+            ..ProtoAnswer::default()
+        })),
+    })
+}
+
+fn subscribe(sub: &str, subscriber: &str) -> Command {
+    Command::Subscribe {
+        sub: sub.into(),
+        request_id: 1,
+        subscriber: subscriber.into(),
+        requester: subscriber.into(),
+        event: "conference-list".into(),
+        accept: vec![],
+        expires: Some(600),
+        credentials: None,
+        flow_identity: None,
+        client_address: "192.0.2.1".into(),
+        window: crate::notifier::Window::default(),
+        max_body_bytes: None,
+    }
+}
+
+#[tokio::test]
+async fn a_lost_session_re_attaches_its_subscriptions_and_answers_what_was_in_flight() {
+    let (a_url, mut a_sessions, a_task) = fake_server().await;
+    let (b_url, mut b_sessions, b_task) = fake_server().await;
+    let shutdown = CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let metrics = Metrics::default();
+    let ups = Upstreams::start(
+        &[a_url.clone(), b_url.clone()],
+        &Security::default(),
+        &metrics,
+        &shutdown,
+        &tracker,
+    );
+    let (mut a_in, a_out) = a_sessions.recv().await.unwrap();
+    let (mut b_in, b_out) = b_sessions.recv().await.unwrap();
+    while !ups.servers().iter().all(|s| s.is_connected()) {
+        tokio::task::yield_now().await;
+    }
+    // A subscriber that server A owns.
+    let subscriber = (0..)
+        .map(|i| format!("sip:user{i}@example.com"))
+        .find(|s| ups.pick(s).unwrap().endpoint() == a_url)
+        .unwrap();
+    let (conn, mut events) = connection();
+    assert!(ups.route("s1".into(), &subscriber, conn));
+    ups.send(subscribe("s1", &subscriber));
+    assert!(matches!(
+        next_command(&mut a_in).await,
+        proto::v1::proxy_message::Kind::Subscribe(_)
+    ));
+    a_out.send(answer("s1", 1, &subscriber)).await.unwrap();
+    a_out.send(notification("s1", 0)).await.unwrap();
+    a_out.send(notification("s1", 1)).await.unwrap();
+    for _ in 0..3 {
+        next_event(&mut events).await;
+    }
+    ups.send(refresh("s1", 2));
+    assert!(matches!(
+        next_command(&mut a_in).await,
+        proto::v1::proxy_message::Kind::Refresh(_)
+    ));
+
+    // Server A's session breaks before it answers the refresh.
+    drop(a_out);
+    drop(a_in);
+    a_task.abort();
+
+    // The refresh gets 503 with Retry-After; the dialog sees nothing else.
+    assert_eq!(
+        next_event(&mut events).await,
+        Event::Answer(Answer {
+            sub: "s1".into(),
+            request_id: 2,
+            verdict: Verdict::Unavailable {
+                retry_after: Some(RETRY_AFTER_LOST)
+            },
+        })
+    );
+    // B gets the subscription, resuming after version 1, signed in as before.
+    let proto::v1::proxy_message::Kind::Subscribe(s) = next_command(&mut b_in).await else {
+        panic!("expected a re-attach Subscribe");
+    };
+    assert_eq!(s.subscription_id, "s1");
+    assert_eq!(s.resume_version, Some(1));
+    assert_eq!(s.flow_identity, subscriber);
+    assert_eq!(s.subscriber_uri, subscriber);
+    assert!(s.credentials.is_none());
+    assert!(s.expires.is_some_and(|e| (590..=600).contains(&e)));
+    assert_ne!(s.request_id & REATTACH_REQUEST, 0);
+    // Its Answer stays in the proxy; its Notification reaches the dialog.
+    b_out
+        .send(answer("s1", s.request_id, &subscriber))
+        .await
+        .unwrap();
+    b_out.send(notification("s1", 2)).await.unwrap();
+    match next_event(&mut events).await {
+        Event::Notification(n) => assert_eq!(n.version, 2),
+        other => panic!("expected B's notification, got {other:?}"),
+    }
+    // Commands follow the subscription to B.
+    ups.send(delivered("s1"));
+    assert!(matches!(
+        next_command(&mut b_in).await,
+        proto::v1::proxy_message::Kind::Delivered(_)
+    ));
+    assert_eq!(
+        metrics
+            .reattached
+            .get_or_create(&ReattachLabel {
+                reason: "session_lost"
+            })
+            .get(),
+        1
+    );
+    shutdown.cancel();
+    tracker.close();
+    b_task.abort();
+}
+
+#[tokio::test]
+async fn a_server_that_is_no_longer_listed_hands_its_subscriptions_over_and_stops() {
+    let (a_url, mut a_sessions, a_task) = fake_server().await;
+    let (b_url, mut b_sessions, b_task) = fake_server().await;
+    let dir = std::env::temp_dir().join(format!("conflist-servers-{}", std::process::id()));
+    std::fs::write(&dir, format!("{a_url}\n{b_url}\n")).unwrap();
+    let shutdown = CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let metrics = Metrics::default();
+    let ups = Upstreams::start(&[], &Security::default(), &metrics, &shutdown, &tracker);
+    ups.discover(
+        vec![],
+        Discovery {
+            dns: vec![],
+            file: Some(dir.clone()),
+            interval: Duration::from_millis(100),
+        },
+    )
+    .await;
+    let (mut a_in, a_out) = a_sessions.recv().await.unwrap();
+    let (mut b_in, _b_out) = b_sessions.recv().await.unwrap();
+    while !ups.servers().iter().all(|s| s.is_connected()) {
+        tokio::task::yield_now().await;
+    }
+    let subscriber = (0..)
+        .map(|i| format!("sip:user{i}@example.com"))
+        .find(|s| ups.pick(s).unwrap().endpoint() == a_url)
+        .unwrap();
+    let (conn, mut events) = connection();
+    assert!(ups.route("s1".into(), &subscriber, conn));
+    ups.send(subscribe("s1", &subscriber));
+    next_command(&mut a_in).await;
+    a_out.send(answer("s1", 1, "")).await.unwrap();
+    a_out.send(notification("s1", 0)).await.unwrap();
+    next_event(&mut events).await;
+    next_event(&mut events).await;
+
+    // A leaves the file: the subscription moves to B (resuming after 0), A is told to drop
+    // it, and A's session then ends.
+    std::fs::write(&dir, format!("{b_url}\n")).unwrap();
+    let proto::v1::proxy_message::Kind::Subscribe(s) = next_command(&mut b_in).await else {
+        panic!("expected a re-attach Subscribe");
+    };
+    assert_eq!(s.resume_version, Some(0));
+    assert_eq!(
+        next_command(&mut a_in).await,
+        proto::v1::proxy_message::Kind::Unsubscribe(proto::v1::Unsubscribe {
+            subscription_id: "s1".into()
+        })
+    );
+    // A notification A still sends is dropped: the subscription is B's now.
+    let _ = a_out.send(notification("s1", 1)).await;
+    tokio::time::timeout(WAIT, async {
+        while ups.servers().len() != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("A is retired once it holds nothing");
+    assert!(
+        events.try_recv().is_err(),
+        "nothing from A reached the dialog"
+    );
+    assert_eq!(
+        metrics
+            .reattached
+            .get_or_create(&ReattachLabel {
+                reason: "not_serving"
+            })
+            .get(),
+        1
+    );
+    let _ = std::fs::remove_file(&dir);
+    shutdown.cancel();
+    tracker.close();
+    a_task.abort();
+    b_task.abort();
 }
