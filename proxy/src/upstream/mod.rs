@@ -97,13 +97,19 @@ const BALANCE_TICK: Duration = Duration::from_millis(250);
 const SETTLE: Duration = Duration::from_secs(1);
 /// Subscriptions moved per tick at most, so that a new server is not flooded.
 const MOVES_PER_TICK: usize = 1000;
+/// How often subscriptions whose re-attach was refused (no server holds them) are retried.
+const RETRY_DETACHED: Duration = Duration::from_secs(1);
 
 /// The proxy's one routing table: each subscription's server and connection, and what the
 /// proxy needs to move it to another server (re-attach). Connections add and remove their
 /// subscriptions through [`Upstreams`]; a server's session reader finds the connection
 /// here, and a command finds its server here.
 #[derive(Debug, Default)]
-pub struct Routes(Mutex<HashMap<SubscriptionId, Route>>);
+pub struct Routes(
+    Mutex<HashMap<SubscriptionId, Route>>,
+    /// A subscription was detached since the balancer last looked.
+    AtomicBool,
+);
 
 #[derive(Debug, Clone)]
 struct Route {
@@ -126,6 +132,9 @@ struct Route {
     ended: bool,
     /// The request id of our re-attach Subscribe while its Answer is awaited.
     reattach: Option<u64>,
+    /// A re-attach was refused for a passing reason (the new server's database is down, it
+    /// is overloaded): no server holds the subscription; the balancer tries again.
+    detached: bool,
 }
 
 impl Route {
@@ -141,6 +150,7 @@ impl Route {
             last_version: None,
             ended: false,
             reattach: None,
+            detached: false,
         }
     }
 
@@ -148,6 +158,7 @@ impl Route {
     fn idle(&self) -> bool {
         self.attached
             && !self.ended
+            && !self.detached
             && self.pending.is_empty()
             && self.reattach.is_none()
             && self.last_version.is_some()
@@ -161,6 +172,10 @@ impl Routes {
 
     fn remove(&self, sub: &str) -> bool {
         lock(&self.0).remove(sub).is_some()
+    }
+
+    fn is_detached(&self, sub: &str) -> bool {
+        lock(&self.0).get(sub).is_some_and(|r| r.detached)
     }
 
     fn server_of(&self, sub: &str) -> Option<ServerId> {
@@ -450,8 +465,26 @@ impl Upstreams {
         true
     }
 
-    /// Sends a command to the server of its subscription (see [`Upstream::send`]).
+    /// Sends a command to the server of its subscription (see [`Upstream::send`]). While
+    /// no server holds it (a re-attach waits for a retry) a refresh is answered 503 and the
+    /// rest is dropped: no server has anything to update.
     pub fn send(&self, command: Command) {
+        if self.inner.routes.is_detached(command.sub()) {
+            if let Command::Refresh {
+                sub, request_id, ..
+            } = &command
+            {
+                let answer = Event::Answer(Answer {
+                    sub: sub.clone(),
+                    request_id: *request_id,
+                    verdict: Verdict::Unavailable {
+                        retry_after: Some(RETRY_AFTER_LOST),
+                    },
+                });
+                deliver(&self.inner.routes, &self.inner.metrics, None, sub, answer);
+            }
+            return;
+        }
         let server = self.inner.routes.server_of(command.sub());
         match server.and_then(|id| self.inner.server(id)) {
             Some(up) => up.send(command),
@@ -547,6 +580,13 @@ impl Inner {
             .cloned()
             .collect();
         let candidates: Vec<&Arc<Upstream>> = targets.iter().collect();
+        // Other servers are up but none serves (a database outage they all share): keep the
+        // subscriptions, detached, until one serves again, rather than send every client
+        // back to re-subscribe into the same outage.
+        let wait = candidates.is_empty()
+            && read(&self.servers)
+                .iter()
+                .any(|s| s.id != from.id && s.is_connected());
         let mut unanswered = Vec::new();
         let mut moves = Vec::new();
         let mut lost = Vec::new();
@@ -577,6 +617,10 @@ impl Inner {
                 };
                 match ring::pick(subscriber, &candidates, |s| s.endpoint()) {
                     Some(to) => moves.push((sub.clone(), (*to).clone())),
+                    None if wait => {
+                        route.detached = true;
+                        self.routes.1.store(true, Ordering::Relaxed);
+                    }
                     None => lost.push((sub.clone(), route.conn.clone())),
                 }
             }
@@ -594,8 +638,12 @@ impl Inner {
         let moved = moves.len();
         for (sub, to) in moves {
             if !self.reattach(&sub, &to, None, "session_lost") {
-                self.end(&sub);
+                self.detach(&sub);
             }
+        }
+        if wait {
+            warn!(endpoint = %from.endpoint, "session lost and no other server serving: its subscriptions wait for one");
+            self.changed.notify_one();
         }
         if !lost.is_empty() {
             warn!(endpoint = %from.endpoint, subscriptions = lost.len(), "no other server is serving: ending the subscriptions of the lost session with deactivated");
@@ -655,6 +703,7 @@ impl Inner {
             }
             route.server = to.id;
             route.reattach = Some(request_id);
+            route.detached = false;
             msg
         };
         if to.send_proto(msg).is_err() {
@@ -679,6 +728,15 @@ impl Inner {
         true
     }
 
+    /// Leaves `sub` with no server; the balancer re-attaches it when one serves.
+    fn detach(&self, sub: &str) {
+        if let Some(r) = lock(&self.routes.0).get_mut(sub) {
+            r.detached = true;
+        }
+        self.routes.1.store(true, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
     /// Ends `sub` with `deactivated` (its client re-subscribes).
     fn end(&self, sub: &str) {
         self.metrics.reattach_failed.inc();
@@ -698,6 +756,7 @@ impl Inner {
             return false;
         }
         let mut moves = Vec::new();
+        let mut expired = Vec::new();
         let mut left = false;
         {
             let routes = lock(&self.routes.0);
@@ -708,6 +767,16 @@ impl Inner {
                 let Some(owner) = ring::pick(subscriber, &candidates, |s| s.endpoint()) else {
                     continue;
                 };
+                if route.detached && !route.ended {
+                    if route.expires_at.is_some_and(|at| at <= now) {
+                        expired.push(sub.clone());
+                    } else if moves.len() >= MOVES_PER_TICK {
+                        left = true;
+                    } else {
+                        moves.push((sub.clone(), None, (*owner).clone()));
+                    }
+                    continue;
+                }
                 if owner.id == route.server {
                     continue;
                 }
@@ -715,10 +784,20 @@ impl Inner {
                     left |= !route.ended;
                     continue;
                 }
-                moves.push((sub.clone(), route.server, (*owner).clone()));
+                moves.push((sub.clone(), Some(route.server), (*owner).clone()));
             }
         }
+        for sub in expired {
+            self.end(&sub);
+        }
         for (sub, from, to) in moves {
+            let Some(from) = from else {
+                // Detached: nobody holds it, nothing to drop anywhere.
+                if !self.reattach(&sub, &to, None, "retry") {
+                    left = true;
+                }
+                continue;
+            };
             let Some(from) = self.server(from) else {
                 continue;
             };
@@ -780,6 +859,7 @@ impl Inner {
 async fn balance(inner: Arc<Inner>) {
     let mut last: Vec<ServerId> = Vec::new();
     let mut left = false;
+    let mut last_retry = Instant::now();
     loop {
         tokio::select! {
             () = inner.changed.notified() => {}
@@ -789,7 +869,13 @@ async fn balance(inner: Arc<Inner>) {
         let now = Instant::now();
         inner.count_states();
         let set: Vec<ServerId> = inner.settled(now).iter().map(|s| s.id).collect();
-        if set != last || left {
+        // Detached subscriptions are retried at most once a second.
+        let retry = now.saturating_duration_since(last_retry) >= RETRY_DETACHED
+            && inner.routes.1.swap(false, Ordering::Relaxed);
+        if retry {
+            last_retry = now;
+        }
+        if set != last || left || retry {
             left = inner.rebalance(now);
             last = set;
         }
@@ -1061,6 +1147,15 @@ fn deliver(routes: &Routes, metrics: &Metrics, from: Option<ServerId>, sub: &str
                     Verdict::Ok { granted, .. } => {
                         route.expires_at =
                             Instant::now().checked_add(Duration::from_secs(u64::from(*granted)));
+                        return;
+                    }
+                    Verdict::Unavailable { .. } | Verdict::Internal => {
+                        // Its database is down or it is overloaded: nobody holds the
+                        // subscription now; the balancer tries again (its client keeps
+                        // its dialog and gets full state once a server takes it).
+                        debug!(subscription.id = %sub, "re-attach refused for now; will retry");
+                        route.detached = true;
+                        routes.1.store(true, Ordering::Relaxed);
                         return;
                     }
                     verdict => {
