@@ -1,5 +1,6 @@
 //! Process plumbing shared by `conflist-proxy` and `conflist-server`: logging setup, the
-//! shutdown signal, and the admin HTTP endpoint. Nothing here knows SIP, gRPC or SQL.
+//! shutdown signal, and the admin HTTP endpoint with the process metrics both export
+//! (`conflist_build_info`, `process_open_fds`). Nothing here knows SIP, gRPC or SQL.
 
 // No unwrap/expect on data from the network, the database or config (tests may: clippy.toml).
 #![warn(clippy::unwrap_used, clippy::expect_used)]
@@ -11,6 +12,10 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 use std::ffi::OsStr;
 use std::future::Future;
@@ -85,13 +90,66 @@ impl std::fmt::Debug for AdminState {
 }
 
 /// The admin router: `/livez` (process up), `/readyz` (`ready` says so), `/metrics`
-/// (OpenMetrics text of `registry`).
-pub fn admin_router(registry: Registry, ready: ReadinessCheck) -> Router {
+/// (OpenMetrics text of `registry`, plus `conflist_build_info{version}` and
+/// `process_open_fds`). `version` is the binary's own `CARGO_PKG_VERSION`.
+pub fn admin_router(
+    mut registry: Registry,
+    ready: ReadinessCheck,
+    version: &'static str,
+) -> Router {
+    register_process_metrics(&mut registry, version);
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(Arc::new(AdminState { registry, ready }))
+}
+
+/// Label of `conflist_build_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    version: &'static str,
+}
+
+/// `conflist_build_info{version} 1` (one series: which build runs, for dashboards and
+/// alerts on mixed versions) and the open-descriptor collector.
+fn register_process_metrics(registry: &mut Registry, version: &'static str) {
+    let info = Family::<BuildLabel, Gauge>::default();
+    info.get_or_create(&BuildLabel { version }).set(1);
+    registry.register(
+        "conflist_build_info",
+        "The running build (always 1), by version",
+        info,
+    );
+    registry.register_collector(Box::new(OpenFds));
+}
+
+/// `process_open_fds`, counted on each scrape (the name node_exporter and the Prometheus
+/// client libraries use). Absent where `/proc/self/fd` cannot be read.
+#[derive(Debug)]
+struct OpenFds;
+
+impl Collector for OpenFds {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(n) = open_fds() else {
+            return Ok(());
+        };
+        let gauge = ConstGauge::new(n);
+        let metric = encoder.encode_descriptor(
+            "process_open_fds",
+            "Open file descriptors of this process",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
+/// Entries of `/proc/self/fd` (the directory's own descriptor, open while it is read, is
+/// not subtracted: one off, as in the Prometheus client libraries).
+fn open_fds() -> Option<i64> {
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
+    i64::try_from(entries.count()).ok()
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
@@ -119,8 +177,26 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
-    use super::use_ansi;
+    use super::{Registry, register_process_metrics, use_ansi};
     use std::ffi::OsStr;
+
+    #[test]
+    fn build_info_and_open_descriptors_are_exported() {
+        let mut registry = Registry::default();
+        register_process_metrics(&mut registry, "1.2.3");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        assert!(
+            out.contains("conflist_build_info{version=\"1.2.3\"} 1"),
+            "{out}"
+        );
+        let fds: i64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("process_open_fds "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no process_open_fds in {out}"));
+        assert!(fds >= 3, "stdin, stdout, stderr at least: {fds}");
+    }
 
     #[test]
     fn colours_only_on_a_terminal_without_no_color() {

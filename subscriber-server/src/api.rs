@@ -1,6 +1,9 @@
 //! The tonic `SubscriptionService`: one task per proxy session stream. This module converts
-//! `conflist.v1` messages to the domain types of [`crate::subscription`] and [`crate::auth`]
-//! and back; policy and state live there, SQL in [`crate::directory`].
+//! `conflist.v1` messages to the domain inputs of the session machine ([`crate::session`])
+//! and its outputs back, and performs the I/O the machine asks for: sign-ins
+//! ([`crate::auth`]) and directory loads ([`crate::cache`]) in spawned tasks, cache
+//! releases, admin answers, and the send path. Policy and state live in the machine and
+//! [`crate::subscription`], SQL in [`crate::directory`].
 //!
 //! Sign-in (authentication on): a Subscribe with credentials is verified by
 //! [`Authenticator`], one with only a `flow_identity` is trusted when the proxy hop is
@@ -17,21 +20,17 @@
 //! other sessions never wait for it.
 
 use crate::admin::{self, SubscriptionInfo};
-use crate::auth::{Authenticator, Credentials, Label, Outcome, Verdict, digest, loggable};
-use crate::cache::{AttachError, Cache, SessionKey, SessionWake};
-use crate::directory::DirectoryError;
-use crate::metrics::{AuthLabel, Metrics};
-use crate::subscription::{
-    self, Delivered, NotifyPolicy, Plan, Policy, Registry, Rejection, SubscribeRequest,
-    Subscription, Window,
-};
-use document::ConferenceList;
+use crate::auth::{Authenticator, Credentials, Label, Outcome, Verdict, digest};
+use crate::cache::{Cache, SessionKey, SessionWake};
+use crate::metrics::Metrics;
+use crate::session::{self, AdminAnswer, AdminQuery, Delivery, Input, Now, Output, Reply};
+use crate::subscription::{NotifyPolicy, Policy, Rejection, SubscribeRequest, Window};
 use proto::v1::{
     self, Answer, AnswerStatus, DeliveryOutcome, Notification, ProxyMessage, ServerMessage,
     SubscriptionState, TerminationReason, proxy_message, server_message,
     subscription_service_server::SubscriptionService,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
@@ -50,13 +49,6 @@ const SESSION_QUEUE: usize = 1024;
 /// of one per subscription of the session (each has at most one Notification in flight, so
 /// a fan-out to every subscription of a session fits); one more ends the session at once.
 pub const SESSION_BACKLOG: usize = 1024;
-/// Refreshes of one subscription waiting behind one whose credentials are being verified;
-/// more are answered 503 (an honest client has one refresh in flight).
-const MAX_QUEUED_REFRESHES: usize = 8;
-/// How long a fetch (`Expires: 0`) may take to send its state, in parts when large.
-const FETCH_LIFETIME: Duration = Duration::from_secs(60);
-/// Reason of the per-user subscription cap's 403.
-const TOO_MANY: &str = "too many subscriptions for this user";
 
 /// Shared by every session of one server instance.
 #[derive(Debug)]
@@ -89,6 +81,20 @@ pub struct Context {
     pub stall_timeout: Duration,
     /// The admin API's view of the sessions (see [`crate::admin`]).
     pub admin: Arc<admin::Hub>,
+}
+
+impl Context {
+    /// What a session machine needs of this context; `proxy` is the peer's address.
+    fn settings(&self, proxy: String) -> session::Settings {
+        session::Settings {
+            policy: self.policy.clone(),
+            notify_policy: self.notify_policy,
+            default_window: self.default_window,
+            auth: self.auth.is_some(),
+            trust_flow_identity: self.trust_flow_identity,
+            proxy,
+        }
+    }
 }
 
 /// The gRPC service.
@@ -144,77 +150,17 @@ impl SubscriptionService for SessionService {
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         let (end_tx, end_rx) = oneshot::channel();
-        let mut session = Session::new(self.ctx.clone(), tx);
-        session.out.end = Some(end_tx);
-        session.proxy = peer.clone();
+        let mut task = SessionTask::new(self.ctx.clone(), tx, peer.clone());
+        task.out.end = Some(end_tx);
         let span = info_span!("session", proxy.addr = %peer);
         self.ctx
             .tracker
-            .spawn(session.run(request.into_inner()).instrument(span));
+            .spawn(task.run(request.into_inner()).instrument(span));
         Ok(Response::new(Outgoing {
             rx,
             end: Some(end_rx),
         }))
     }
-}
-
-/// How a new subscription's requester is identified.
-#[derive(Debug)]
-enum AuthStep {
-    /// Authentication off: the From address (requester) must be the subscriber.
-    Off,
-    /// The proxy vouches for the flow's identity.
-    Flow(String),
-    /// Verify these credentials.
-    Verify(Credentials),
-}
-
-/// What a spawned task of the session found.
-#[derive(Debug)]
-enum Done {
-    /// An initial SUBSCRIBE was signed in, admitted and its document loaded (or not).
-    Subscribe(Box<Admitted>),
-    /// The credentials of a refresh were verified.
-    Refresh(Box<Verified>),
-}
-
-/// A refresh whose credentials were verified.
-#[derive(Debug)]
-struct Verified {
-    refresh: v1::Refresh,
-    username: Option<String>,
-    verdict: Result<Verdict, DirectoryError>,
-}
-
-/// An initial SUBSCRIBE after sign-in, admission and load.
-#[derive(Debug)]
-struct Admitted {
-    id: String,
-    subscriber: String,
-    request_id: u64,
-    first_version: u64,
-    /// The part of the list asked for.
-    window: Window,
-    /// The largest body the client's transport carries.
-    max_body_bytes: Option<usize>,
-    /// The sign-in outcome and digest user name, when credentials were verified.
-    auth: Option<(Label, Option<String>)>,
-    outcome: Admission,
-}
-
-#[derive(Debug)]
-enum Admission {
-    /// Admitted; the cache holds the user for this session.
-    Ready {
-        granted: u32,
-        identity: Option<String>,
-    },
-    /// Refused by policy (or the per-user cap).
-    Rejected(Rejection),
-    /// Not signed in: challenge or throttle.
-    Auth(Outcome),
-    /// The directory failed.
-    Failed(DirectoryError),
 }
 
 /// Why the session must end now.
@@ -307,51 +253,54 @@ impl Outbound {
     }
 }
 
-struct Session {
+/// Where the answer to an admin command goes.
+#[derive(Debug)]
+enum AdminReply {
+    List(oneshot::Sender<Vec<SubscriptionInfo>>),
+    Resend(oneshot::Sender<usize>),
+}
+
+impl AdminReply {
+    /// Answers (a requester that gave up is ignored).
+    fn send(self, answer: AdminAnswer) {
+        match (self, answer) {
+            (AdminReply::List(reply), AdminAnswer::List(list)) => {
+                let _ = reply.send(list);
+            }
+            (AdminReply::Resend(reply), AdminAnswer::Resent(n)) => {
+                let _ = reply.send(n);
+            }
+            (reply, answer) => debug!(?reply, ?answer, "admin answer of another kind; dropped"),
+        }
+    }
+}
+
+/// One proxy session: runs its machine ([`session::Session`]) and performs its outputs.
+struct SessionTask {
     ctx: Arc<Context>,
     out: Outbound,
-    registry: Registry,
-    /// Initial SUBSCRIBEs waiting for sign-in and their first document, by subscription id.
-    pending: HashMap<String, u64>,
-    /// Subscriptions with a refresh whose credentials are being verified, and the refreshes
-    /// queued behind it (answered in order).
-    verifying: HashMap<String, VecDeque<v1::Refresh>>,
-    tasks: JoinSet<Done>,
+    machine: session::Session,
+    /// Sign-ins and loads the machine asked for; each ends with the input to feed back.
+    tasks: JoinSet<Input>,
     key: SessionKey,
     wake: Arc<SessionWake>,
-    /// The proxy's address, as the admin API shows it.
-    proxy: String,
-    /// What the admin API shows beyond the registry, by subscription id (entries of ended
-    /// subscriptions are pruned; the registry decides what is live).
-    meta: HashMap<String, SubMeta>,
     /// Commands from the admin API, and this session's place in its hub.
     admin: (admin::Registration, mpsc::Receiver<admin::Command>),
 }
 
-/// Per-subscription facts for the admin API.
-#[derive(Debug, Clone, Copy)]
-struct SubMeta {
-    since: u64,
-    version: Option<u64>,
-    delivered: Option<u64>,
-}
-
-impl Session {
-    fn new(ctx: Arc<Context>, out: mpsc::Sender<ServerMessage>) -> Self {
+impl SessionTask {
+    fn new(ctx: Arc<Context>, out: mpsc::Sender<ServerMessage>, proxy: String) -> Self {
         ctx.metrics.sessions.inc();
         let (key, wake) = ctx.cache.register_session();
         let admin = ctx.admin.register();
+        let machine = session::Session::new(ctx.settings(proxy), ctx.metrics.clone());
         Self {
             ctx,
             out: Outbound::new(out),
-            registry: Registry::default(),
-            pending: HashMap::new(),
-            verifying: HashMap::new(),
+            machine,
             tasks: JoinSet::new(),
             key,
             wake,
-            proxy: "unknown".to_owned(),
-            meta: HashMap::new(),
             admin,
         }
     }
@@ -362,11 +311,11 @@ impl Session {
         let wake = self.wake.clone();
         let stall_timeout = self.ctx.stall_timeout;
         let outcome = loop {
-            let deadline = self.registry.next_deadline();
+            let deadline = self.machine.next_deadline();
             let stalled_at = self.out.stalled_since.map(|t| t + stall_timeout);
             let step = tokio::select! {
                 msg = inbound.message() => match msg {
-                    Ok(Some(msg)) => self.on_message(msg).await,
+                    Ok(Some(msg)) => self.on_message(msg),
                     Ok(None) => break "proxy closed the session",
                     Err(status) => {
                         debug!(%status, "session stream failed");
@@ -374,15 +323,18 @@ impl Session {
                     }
                 },
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
-                    Ok(done) => self.on_done(done).await,
+                    Ok(input) => self.step(input),
                     Err(e) => {
                         warn!(error = %e, "session task failed");
                         Ok(())
                     }
                 },
-                () = wake.changed() => self.on_users_changed().await,
-                Some(cmd) = self.admin.1.recv() => self.on_admin(cmd).await,
-                () = sleep_until_opt(deadline) => self.on_deadline().await,
+                () = wake.changed() => {
+                    let users = self.wake.take();
+                    self.step(Input::UsersChanged(users))
+                }
+                Some(cmd) = self.admin.1.recv() => self.on_admin(cmd),
+                () = sleep_until_opt(deadline) => self.step(Input::Deadline),
                 room = self.out.room() => room.and_then(|()| self.out.flush()),
                 () = sleep_until_opt(stalled_at) => Err(Stop::Stalled),
                 () = shutdown.cancelled() => {
@@ -409,66 +361,24 @@ impl Session {
                 }
             }
         };
-        let dropped = self.registry.drain().len();
-        self.ctx.metrics.subscriptions.dec_by(dropped as i64);
+        let dropped = self.machine.len();
+        let _ = self.step(Input::Closed);
         self.ctx.metrics.sessions.dec();
         self.ctx.cache.unregister_session(self.key);
         info!(reason = outcome, dropped, "proxy session closed");
     }
 
-    async fn on_done(&mut self, done: Done) -> Result<(), Stop> {
-        match done {
-            Done::Subscribe(admitted) => self.on_admitted(*admitted).await,
-            Done::Refresh(v) => {
-                let Verified {
-                    refresh,
-                    username,
-                    verdict,
-                } = *v;
-                self.on_refresh_verified(refresh, username, verdict).await
-            }
-        }
+    /// Feeds `input` to the machine now and performs what it says.
+    fn step(&mut self, input: Input) -> Result<(), Stop> {
+        let outputs = self
+            .machine
+            .handle(input, Now::system(), self.ctx.cache.as_ref());
+        self.perform(outputs, None)
     }
 
-    async fn on_message(&mut self, msg: ProxyMessage) -> Result<(), Stop> {
-        match msg.kind {
-            Some(proxy_message::Kind::Subscribe(s)) => self.on_subscribe(s).await,
-            Some(proxy_message::Kind::Refresh(r)) => self.on_refresh(r).await,
-            Some(proxy_message::Kind::Unsubscribe(u)) => {
-                self.pending.remove(&u.subscription_id);
-                self.drop_sub(&u.subscription_id);
-                Ok(())
-            }
-            Some(proxy_message::Kind::Delivered(d)) => {
-                let outcome = DeliveryOutcome::try_from(d.outcome).unwrap_or_default();
-                if outcome == DeliveryOutcome::Accepted {
-                    let delivered = self
-                        .registry
-                        .get_mut(&d.subscription_id)
-                        .map(|sub| (sub.delivered(d.version), sub.in_flight));
-                    if let Some((Delivered::Current { .. }, _)) = delivered
-                        && let Some(meta) = self.meta.get_mut(&d.subscription_id)
-                    {
-                        meta.delivered = Some(d.version);
-                    }
-                    match delivered {
-                        Some((Delivered::Current { follow_up: true }, _)) => {
-                            return self.send_state(&d.subscription_id, false).await;
-                        }
-                        Some((Delivered::Stale, in_flight)) => debug!(
-                            subscription.id = %d.subscription_id,
-                            version = d.version,
-                            ?in_flight,
-                            "Delivered for a notification not in flight; ignored"
-                        ),
-                        Some((Delivered::Current { follow_up: false }, _)) | None => {}
-                    }
-                } else if self.drop_sub(&d.subscription_id) {
-                    // Whatever version it answers, the proxy has ended the dialog.
-                    debug!(subscription.id = %d.subscription_id, ?outcome, "subscriber refused a notification; dropped");
-                }
-                Ok(())
-            }
+    fn on_message(&mut self, msg: ProxyMessage) -> Result<(), Stop> {
+        match input_from_proto(msg) {
+            Some(input) => self.step(input),
             None => {
                 debug!("empty proxy message ignored");
                 Ok(())
@@ -476,502 +386,99 @@ impl Session {
         }
     }
 
-    async fn on_subscribe(&mut self, s: v1::Subscribe) -> Result<(), Stop> {
-        let id = s.subscription_id.clone();
-        if id.is_empty() || self.registry.contains(&id) || self.pending.contains_key(&id) {
-            warn!(subscription.id = %id, "duplicate or empty subscription id");
-            return self
-                .send_answer(
-                    &id,
-                    s.request_id,
-                    AnswerStatus::InternalError,
-                    0,
-                    0,
-                    "duplicate subscription id",
-                )
-                .await;
-        }
-        let req = SubscribeRequest {
-            subscriber: s.subscriber_uri,
-            requester: s.requester_uri,
-            event: s.event,
-            accept: s.accept,
-            expires: s.expires,
-            window: window_from_proto(s.window.as_ref()),
-        };
-        let step = match (&self.ctx.auth, credentials_from_proto(s.credentials)) {
-            (None, _) => AuthStep::Off,
-            (Some(_), Some(creds)) => AuthStep::Verify(creds),
-            // The flow vouches only for its own user: a SUBSCRIBE for another list on the
-            // same connection (a gateway multiplexing users) is challenged, not refused.
-            (Some(_), None)
-                if !s.flow_identity.is_empty()
-                    && self.ctx.trust_flow_identity
-                    && subscription::same_aor(&s.flow_identity, &req.subscriber) =>
-            {
-                AuthStep::Flow(s.flow_identity)
+    /// A command of the admin API; answered through its reply channel.
+    fn on_admin(&mut self, cmd: admin::Command) -> Result<(), Stop> {
+        let (query, reply) = match cmd {
+            admin::Command::List { user, reply } => {
+                (AdminQuery::List { user }, AdminReply::List(reply))
             }
-            (Some(a), None) => {
-                if !s.flow_identity.is_empty() {
-                    debug!(
-                        subscription.id = %id,
-                        "flow identity ignored: the proxy hop is not authenticated"
-                    );
+            admin::Command::Resend { user, reply } => {
+                (AdminQuery::Resend { user }, AdminReply::Resend(reply))
+            }
+        };
+        let outputs =
+            self.machine
+                .handle(Input::Admin(query), Now::system(), self.ctx.cache.as_ref());
+        self.perform(outputs, Some(reply))
+    }
+
+    /// Carries out the machine's outputs in order; stops at the first message the proxy
+    /// cannot take (the session ends).
+    fn perform(&mut self, outputs: Vec<Output>, mut reply: Option<AdminReply>) -> Result<(), Stop> {
+        for output in outputs {
+            match output {
+                Output::Answer(a) => {
+                    let answer = self.answer_to_proto(a);
+                    self.send(server_message::Kind::Answer(answer))?;
                 }
-                let verdict = a.no_credentials();
-                self.count_auth(verdict.label);
-                debug!(
-                    subscription.id = %id,
-                    subscriber = %req.subscriber,
-                    auth.outcome = verdict.label.as_str(),
-                    "no credentials: challenged"
-                );
-                return self
-                    .send_auth_answer(&id, s.request_id, &verdict.outcome)
-                    .await;
+                Output::Notify(n) => {
+                    let notification = self.notification_to_proto(n);
+                    self.send(server_message::Kind::Notification(notification))?;
+                }
+                Output::Verify(v) => self.spawn_verify(v),
+                Output::Load { ticket, user } => {
+                    let ctx = self.ctx.clone();
+                    let key = self.key;
+                    self.tasks.spawn(async move {
+                        let result = ctx
+                            .cache
+                            .attach_limited(key, &user, ctx.max_subscriptions_per_user)
+                            .await
+                            .map(drop);
+                        Input::Loaded { ticket, result }
+                    });
+                }
+                Output::Release { user } => self.ctx.cache.detach(self.key, &user),
+                Output::Admin(answer) => {
+                    if let Some(reply) = reply.take() {
+                        reply.send(answer);
+                    }
+                }
+                Output::End => {}
             }
-        };
-        self.pending.insert(id.clone(), s.request_id);
-        let first_version = s.resume_version.map_or(0, |v| v.saturating_add(1));
-        let window = req.window;
-        let max_body_bytes = s
-            .max_body_bytes
-            .filter(|m| *m > 0)
-            .and_then(|m| usize::try_from(m).ok());
-        let task = admit(self.ctx.clone(), self.key, req, step, s.client_address);
-        let request_id = s.request_id;
-        self.tasks.spawn(async move {
-            let (subscriber, auth, outcome) = task.await;
-            Done::Subscribe(Box::new(Admitted {
-                id,
-                subscriber,
-                request_id,
-                first_version,
-                window,
-                max_body_bytes,
-                auth,
-                outcome,
-            }))
-        });
+        }
         Ok(())
     }
 
-    async fn on_refresh(&mut self, r: v1::Refresh) -> Result<(), Stop> {
-        if let Some(queue) = self.verifying.get_mut(&r.subscription_id) {
-            if queue.len() >= MAX_QUEUED_REFRESHES {
-                let id = r.subscription_id;
-                return self
-                    .reject(&id, r.request_id, &Rejection::Unavailable)
-                    .await;
-            }
-            queue.push_back(r);
-            return Ok(());
-        }
-        self.start_refresh(r).await
-    }
-
-    /// A refresh with credentials is verified in a task (the subscription's later refreshes
-    /// queue behind it); one without is applied at once.
-    async fn start_refresh(&mut self, mut r: v1::Refresh) -> Result<(), Stop> {
-        let creds = if self.ctx.auth.is_some() && self.registry.contains(&r.subscription_id) {
-            credentials_from_proto(r.credentials.take())
-        } else {
-            None
-        };
-        let Some(creds) = creds else {
-            return self.apply_refresh(r).await;
-        };
-        self.verifying.entry(r.subscription_id.clone()).or_default();
+    /// Verifies credentials in a task: the sign-in, held to the bound identity for a
+    /// refresh.
+    fn spawn_verify(&mut self, v: session::Verify) {
         let ctx = self.ctx.clone();
-        let username = digest_username(&creds);
-        let bound = self
-            .registry
-            .get(&r.subscription_id)
-            .and_then(|s| s.identity.clone());
-        let client_address = r.client_address.clone();
         self.tasks.spawn(async move {
+            let session::Verify {
+                ticket,
+                credentials,
+                client_address,
+                bound,
+            } = v;
             let now = unix_now();
             let verdict = match ctx.auth.as_ref() {
                 Some(a) => a
-                    .authenticate(&creds, &client_address, now, ctx.cache.directory())
+                    .authenticate(&credentials, &client_address, now, ctx.cache.directory())
                     .await
                     .map(|v| match &bound {
-                        Some(bound) => a.require_identity(v, bound, &creds, &client_address, now),
+                        Some(bound) => {
+                            a.require_identity(v, bound, &credentials, &client_address, now)
+                        }
                         None => v,
                     }),
+                // Not reached: the machine verifies only with authentication on.
                 None => Ok(Verdict {
                     outcome: Outcome::Challenge { stale: false },
                     label: Label::Failed,
                 }),
             };
-            Done::Refresh(Box::new(Verified {
-                refresh: r,
-                username,
-                verdict,
-            }))
+            Input::Verified { ticket, verdict }
         });
-        Ok(())
-    }
-
-    async fn on_refresh_verified(
-        &mut self,
-        r: v1::Refresh,
-        username: Option<String>,
-        verdict: Result<Verdict, DirectoryError>,
-    ) -> Result<(), Stop> {
-        let id = r.subscription_id.clone();
-        match verdict {
-            Err(e) => {
-                self.ctx.metrics.directory_errors.inc();
-                warn!(subscription.id = %id, error = %e, "credentials lookup failed");
-                self.reject(&id, r.request_id, &Rejection::Unavailable)
-                    .await?;
-            }
-            Ok(v) => {
-                self.count_auth(v.label);
-                let subscriber = self.registry.get(&id).map(|s| s.subscriber.clone());
-                info!(
-                    subscription.id = %id,
-                    subscriber = subscriber.as_deref().unwrap_or(""),
-                    username = username.as_deref().unwrap_or(""),
-                    auth.outcome = v.label.as_str(),
-                    "refresh sign-in"
-                );
-                match v.outcome {
-                    // The verifying task already held the identity to the bound one.
-                    Outcome::Authenticated { .. } => self.apply_refresh(r).await?,
-                    other => self.send_auth_answer(&id, r.request_id, &other).await?,
-                }
-            }
-        }
-        self.drain_refreshes(&id).await
-    }
-
-    /// Applies the refreshes queued behind a verified one, up to the next that needs
-    /// verifying.
-    async fn drain_refreshes(&mut self, id: &str) -> Result<(), Stop> {
-        loop {
-            let Some(queue) = self.verifying.get_mut(id) else {
-                return Ok(());
-            };
-            let Some(next) = queue.pop_front() else {
-                self.verifying.remove(id);
-                return Ok(());
-            };
-            let needs_verifying = self.ctx.auth.is_some()
-                && self.registry.contains(id)
-                && next.credentials.as_ref().is_some_and(|c| c.kind.is_some());
-            if needs_verifying {
-                return self.start_refresh(next).await;
-            }
-            self.apply_refresh(next).await?;
-        }
-    }
-
-    /// A refresh whose credentials (if any) are settled: new expiry, or the end.
-    async fn apply_refresh(&mut self, r: v1::Refresh) -> Result<(), Stop> {
-        let id = r.subscription_id;
-        let Some(identity) = self.registry.get(&id).map(|s| s.identity.clone()) else {
-            return self
-                .reject(&id, r.request_id, &Rejection::NoSuchSubscription)
-                .await;
-        };
-        let granted = match self.ctx.policy.grant(r.expires) {
-            Ok(g) => g,
-            Err(rejection) => return self.reject(&id, r.request_id, &rejection).await,
-        };
-        self.send(server_message::Kind::Answer(self.answer(
-            &id,
-            r.request_id,
-            AnswerStatus::Ok,
-            Answer {
-                granted_expires: granted,
-                identity: identity.unwrap_or_default(),
-                ..Answer::default()
-            },
-        )))
-        .await?;
-        if granted == 0 {
-            // Unsubscribe (RFC 6665 §4.1.2.3): the final NOTIFY ends the subscription.
-            if let Some(mut sub) = self.registry.remove(&id) {
-                self.released(&sub.subscriber);
-                return self
-                    .terminate(&id, &mut sub, TerminationReason::Timeout)
-                    .await;
-            }
-            return Ok(());
-        }
-        self.registry
-            .refresh(&id, Instant::now(), Duration::from_secs(granted.into()));
-        // RFC 6665 §4.2.1.2: every refresh is answered by a NOTIFY (an empty partial when
-        // the client is current).
-        self.send_state(&id, true).await
-    }
-
-    async fn on_admitted(&mut self, admitted: Admitted) -> Result<(), Stop> {
-        let Admitted {
-            id,
-            subscriber,
-            request_id,
-            first_version,
-            window,
-            max_body_bytes,
-            auth,
-            outcome,
-        } = admitted;
-        let still_wanted = self.pending.remove(&id).is_some();
-        if let Some((label, username)) = &auth {
-            self.count_auth(*label);
-            info!(
-                subscription.id = %id,
-                %subscriber,
-                username = username.as_deref().unwrap_or(""),
-                auth.outcome = label.as_str(),
-                "sign-in"
-            );
-        }
-        let (granted, identity) = match outcome {
-            Admission::Ready { granted, identity } => (granted, identity),
-            Admission::Failed(e) => {
-                self.ctx.metrics.directory_errors.inc();
-                warn!(subscription.id = %id, error = %e, "directory read failed");
-                if !still_wanted {
-                    return Ok(());
-                }
-                return self.reject(&id, request_id, &Rejection::Unavailable).await;
-            }
-            _ if !still_wanted => return Ok(()),
-            Admission::Rejected(r) => return self.reject(&id, request_id, &r).await,
-            Admission::Auth(outcome) => {
-                return self.send_auth_answer(&id, request_id, &outcome).await;
-            }
-        };
-        if !still_wanted {
-            self.ctx.cache.detach(self.key, &subscriber); // unsubscribed while loading
-            return Ok(());
-        }
-        let now = Instant::now();
-        self.send(server_message::Kind::Answer(self.answer(
-            &id,
-            request_id,
-            AnswerStatus::Ok,
-            Answer {
-                granted_expires: granted,
-                identity: identity.clone().unwrap_or_default(),
-                ..Answer::default()
-            },
-        )))
-        .await?;
-        info!(subscription.id = %id, %subscriber, granted, "subscription accepted");
-        // A fetch (RFC 6665 §4.4.3) lives only until its state has gone out, which takes
-        // more than one NOTIFY for a large list: it ends with the last part, or at
-        // FETCH_LIFETIME.
-        let fetch = granted == 0;
-        let lifetime = if fetch {
-            FETCH_LIFETIME
-        } else {
-            Duration::from_secs(granted.into())
-        };
-        let mut sub = Subscription::new(subscriber.clone(), now + lifetime, first_version)
-            .with_identity(identity)
-            .with_window(window.or(self.ctx.default_window))
-            .with_max_body_bytes(max_body_bytes);
-        sub.fetch = fetch;
-        self.registry.insert(id.clone(), sub);
-        if self.meta.len() > 2 * self.registry.len() + 64 {
-            let registry = &self.registry;
-            self.meta.retain(|id, _| registry.contains(id));
-        }
-        self.meta.insert(
-            id.clone(),
-            SubMeta {
-                since: unix_now(),
-                version: None,
-                delivered: None,
-            },
-        );
-        self.ctx.metrics.subscriptions.inc();
-        self.send_state(&id, true).await
-    }
-
-    /// A command of the admin API; answers it (a requester that gave up is ignored).
-    async fn on_admin(&mut self, cmd: admin::Command) -> Result<(), Stop> {
-        let registry = &self.registry;
-        self.meta.retain(|id, _| registry.contains(id));
-        match cmd {
-            admin::Command::List { user, reply } => {
-                let now = Instant::now();
-                let list = self
-                    .meta
-                    .iter()
-                    .filter_map(|(id, meta)| {
-                        let sub = self.registry.get(id)?;
-                        if user
-                            .as_deref()
-                            .is_some_and(|u| !subscription::same_aor(u, &sub.subscriber))
-                        {
-                            return None;
-                        }
-                        Some(SubscriptionInfo {
-                            id: id.clone(),
-                            user: sub.subscriber.clone(),
-                            proxy: self.proxy.clone(),
-                            since: meta.since,
-                            expires: sub.remaining_secs(now),
-                            version: meta.version,
-                            last_delivered: meta.delivered,
-                        })
-                    })
-                    .collect();
-                let _ = reply.send(list);
-                Ok(())
-            }
-            admin::Command::Resend { user, reply } => {
-                let ids: Vec<String> = self
-                    .meta
-                    .keys()
-                    .filter(|id| {
-                        self.registry
-                            .get(id)
-                            .is_some_and(|s| subscription::same_aor(&user, &s.subscriber))
-                    })
-                    .cloned()
-                    .collect();
-                for id in &ids {
-                    if let Some(sub) = self.registry.get_mut(id) {
-                        // Forget what the client holds: the next Notification is full state
-                        // (after the one in flight, if any).
-                        sub.forget_sent();
-                    }
-                }
-                let _ = reply.send(ids.len());
-                info!(subscriber = %user, subscriptions = ids.len(), "admin: full resend");
-                for id in &ids {
-                    self.send_state(id, true).await?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Users whose lists changed: each of their subscriptions gets the new state (subject
-    /// to flow and rate control).
-    async fn on_users_changed(&mut self) -> Result<(), Stop> {
-        for user in self.wake.take() {
-            for id in self.registry.subs_of(&user) {
-                self.send_state(&id, false).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn on_deadline(&mut self) -> Result<(), Stop> {
-        let now = Instant::now();
-        for (id, mut sub) in self.registry.take_expired(now) {
-            self.ctx.metrics.subscriptions.dec();
-            self.ctx.cache.detach(self.key, &sub.subscriber);
-            info!(subscription.id = %id, subscriber = %sub.subscriber, "subscription expired");
-            self.terminate(&id, &mut sub, TerminationReason::Timeout)
-                .await?;
-        }
-        for id in self.registry.take_due_sends(now) {
-            self.send_state(&id, false).await?;
-        }
-        Ok(())
-    }
-
-    /// Sends what `id`'s client should now see, if anything (see [`subscription::plan`]).
-    async fn send_state(&mut self, id: &str, owed: bool) -> Result<(), Stop> {
-        let now = Instant::now();
-        let wall = chrono::Utc::now();
-        let Some(user) = self.registry.get(id).map(|s| s.subscriber.clone()) else {
-            return Ok(());
-        };
-        let Some(latest) = self.ctx.cache.current(&user) else {
-            return Ok(());
-        };
-        let Some(sub) = self.registry.get_mut(id) else {
-            return Ok(());
-        };
-        let mut policy = self.ctx.notify_policy;
-        if let Some(max) = sub.max_body_bytes {
-            policy.max_body_bytes = policy.max_body_bytes.min(max);
-        }
-        let expires = sub.remaining_secs(now);
-        let plan = subscription::plan(sub, &latest.conferences, now, wall, owed, policy);
-        let fetch = sub.fetch;
-        // Time alone can change what a windowed subscription shows: look again then.
-        if let Some(review) = sub.review_at() {
-            let wait = (review - wall).to_std().unwrap_or_default();
-            self.registry.schedule_send(id, now + wait);
-        }
-        match plan {
-            Plan::Nothing => Ok(()),
-            Plan::Defer(at) => {
-                self.registry.schedule_send(id, at);
-                Ok(())
-            }
-            Plan::Send(doc) if fetch && doc.complete => {
-                // The last part of a fetch ends it.
-                let version = doc.version;
-                if self.drop_sub(id) {
-                    info!(subscription.id = %id, "fetch answered");
-                }
-                self.send_notification(
-                    id,
-                    version,
-                    SubscriptionState::Terminated,
-                    TerminationReason::Timeout,
-                    0,
-                    Some(doc),
-                )
-                .await
-            }
-            Plan::Send(doc) => {
-                let version = doc.version;
-                self.send_notification(
-                    id,
-                    version,
-                    SubscriptionState::Active,
-                    TerminationReason::Unspecified,
-                    expires,
-                    Some(doc),
-                )
-                .await
-            }
-        }
-    }
-
-    /// Removes a live subscription; true if it was live.
-    fn drop_sub(&mut self, id: &str) -> bool {
-        match self.registry.remove(id) {
-            Some(sub) => {
-                self.released(&sub.subscriber);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn released(&self, subscriber: &str) {
-        self.ctx.metrics.subscriptions.dec();
-        self.ctx.cache.detach(self.key, subscriber);
     }
 
     async fn deactivate_all(&mut self) {
-        for (id, request_id) in std::mem::take(&mut self.pending) {
-            let _ = self.reject(&id, request_id, &Rejection::Unavailable).await;
-        }
-        for (id, mut sub) in self.registry.drain() {
-            self.ctx.metrics.subscriptions.dec();
-            if self
-                .terminate(&id, &mut sub, TerminationReason::Deactivated)
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
+        let outputs = self
+            .machine
+            .handle(Input::Shutdown, Now::system(), self.ctx.cache.as_ref());
+        // A proxy that cannot take them has gone or stopped reading: the session ends
+        // either way.
+        let _ = self.perform(outputs, None);
         // The last words must reach the proxy: give it up to the stall timeout to take what
         // is still in the backlog.
         let give_up = Instant::now() + self.ctx.stall_timeout;
@@ -986,27 +493,115 @@ impl Session {
         }
     }
 
-    async fn terminate(
-        &mut self,
-        id: &str,
-        sub: &mut Subscription,
-        reason: TerminationReason,
-    ) -> Result<(), Stop> {
-        let version = sub.take_version();
-        self.send_notification(id, version, SubscriptionState::Terminated, reason, 0, None)
-            .await
+    /// The proto form of an Answer; counted by status.
+    fn answer_to_proto(&self, a: session::Answer) -> Answer {
+        let session::Answer {
+            id,
+            request_id,
+            reply,
+        } = a;
+        let (status, fields) = match reply {
+            Reply::Ok { granted, identity } => (
+                AnswerStatus::Ok,
+                Answer {
+                    granted_expires: granted,
+                    identity: identity.unwrap_or_default(),
+                    ..Answer::default()
+                },
+            ),
+            Reply::Rejected(r) => {
+                let (status, min) = match r {
+                    Rejection::BadEvent => (AnswerStatus::BadEvent, 0),
+                    Rejection::NotAcceptable => (AnswerStatus::NotAcceptable, 0),
+                    Rejection::Forbidden(_) => (AnswerStatus::Forbidden, 0),
+                    Rejection::NotFound => (AnswerStatus::NotFound, 0),
+                    Rejection::IntervalTooBrief { min } => (AnswerStatus::IntervalTooBrief, min),
+                    Rejection::NoSuchSubscription => (AnswerStatus::NoSuchSubscription, 0),
+                    Rejection::Unavailable => (AnswerStatus::Unavailable, 0),
+                };
+                (
+                    status,
+                    Answer {
+                        min_expires: min,
+                        reason: r.to_string(),
+                        ..Answer::default()
+                    },
+                )
+            }
+            Reply::Challenge { stale } => match &self.ctx.auth {
+                Some(a) => {
+                    let c = a.challenge(stale, unix_now());
+                    (
+                        AnswerStatus::Unauthorized,
+                        Answer {
+                            challenge: Some(v1::Challenge {
+                                realm: c.realm,
+                                nonce: c.nonce,
+                                opaque: c.opaque,
+                                algorithms: c.algorithms.iter().map(|a| (*a).to_owned()).collect(),
+                                stale: c.stale,
+                            }),
+                            reason: "authentication required".into(),
+                            ..Answer::default()
+                        },
+                    )
+                }
+                // Not reached: the machine challenges only with authentication on.
+                None => (AnswerStatus::InternalError, Answer::default()),
+            },
+            Reply::Throttled { retry_after } => (
+                AnswerStatus::Unavailable,
+                Answer {
+                    retry_after,
+                    reason: "too many failed sign-ins".into(),
+                    ..Answer::default()
+                },
+            ),
+            Reply::Internal(reason) => (
+                AnswerStatus::InternalError,
+                Answer {
+                    reason: reason.to_owned(),
+                    ..Answer::default()
+                },
+            ),
+        };
+        self.ctx
+            .metrics
+            .answers
+            .get_or_create(&crate::metrics::StatusLabel::new(status))
+            .inc();
+        Answer {
+            subscription_id: id,
+            request_id,
+            status: status.into(),
+            ..fields
+        }
     }
 
-    async fn send_notification(
-        &mut self,
-        id: &str,
-        version: u64,
-        state: SubscriptionState,
-        reason: TerminationReason,
-        expires: u32,
-        doc: Option<ConferenceList>,
-    ) -> Result<(), Stop> {
-        let (content_type, body) = match doc {
+    /// The proto form of a Notification (the document rendered); counted with its bytes.
+    fn notification_to_proto(&self, n: session::Notification) -> Notification {
+        let session::Notification {
+            id,
+            version,
+            state,
+            document,
+        } = n;
+        let (state, reason, expires) = match state {
+            session::State::Active { expires } => (
+                SubscriptionState::Active,
+                TerminationReason::Unspecified,
+                expires,
+            ),
+            session::State::Terminated(session::Reason::Timeout) => {
+                (SubscriptionState::Terminated, TerminationReason::Timeout, 0)
+            }
+            session::State::Terminated(session::Reason::Deactivated) => (
+                SubscriptionState::Terminated,
+                TerminationReason::Deactivated,
+                0,
+            ),
+        };
+        let (content_type, body) = match document {
             Some(d) => (document::CONTENT_TYPE.to_owned(), d.render()),
             None => (String::new(), Vec::new()),
         };
@@ -1016,194 +611,75 @@ impl Session {
             .notification_bytes
             .inc_by(body.len() as u64);
         debug!(subscription.id = %id, version, ?state, ?reason, bytes = body.len(), "notification");
-        if let Some(meta) = self.meta.get_mut(id) {
-            meta.version = Some(version);
-        }
-        self.send(server_message::Kind::Notification(Notification {
-            subscription_id: id.to_owned(),
+        Notification {
+            subscription_id: id,
             version,
             state: state.into(),
             reason: reason.into(),
             expires,
             content_type,
             body,
-        }))
-        .await
-    }
-
-    async fn reject(&mut self, id: &str, request_id: u64, r: &Rejection) -> Result<(), Stop> {
-        let (status, min) = match r {
-            Rejection::BadEvent => (AnswerStatus::BadEvent, 0),
-            Rejection::NotAcceptable => (AnswerStatus::NotAcceptable, 0),
-            Rejection::Forbidden(_) => (AnswerStatus::Forbidden, 0),
-            Rejection::NotFound => (AnswerStatus::NotFound, 0),
-            Rejection::IntervalTooBrief { min } => (AnswerStatus::IntervalTooBrief, *min),
-            Rejection::NoSuchSubscription => (AnswerStatus::NoSuchSubscription, 0),
-            Rejection::Unavailable => (AnswerStatus::Unavailable, 0),
-        };
-        debug!(subscription.id = %id, rejection = %r, "request rejected");
-        self.send_answer(id, request_id, status, 0, min, &r.to_string())
-            .await
-    }
-
-    async fn send_answer(
-        &mut self,
-        id: &str,
-        request_id: u64,
-        status: AnswerStatus,
-        granted_expires: u32,
-        min_expires: u32,
-        reason: &str,
-    ) -> Result<(), Stop> {
-        let answer = self.answer(
-            id,
-            request_id,
-            status,
-            Answer {
-                granted_expires,
-                min_expires,
-                reason: reason.to_owned(),
-                ..Answer::default()
-            },
-        );
-        self.send(server_message::Kind::Answer(answer)).await
-    }
-
-    /// `fields` with the id, request id and status filled in; counted by status.
-    fn answer(&self, id: &str, request_id: u64, status: AnswerStatus, fields: Answer) -> Answer {
-        self.ctx
-            .metrics
-            .answers
-            .get_or_create(&crate::metrics::StatusLabel::new(status))
-            .inc();
-        Answer {
-            subscription_id: id.to_owned(),
-            request_id,
-            status: status.into(),
-            ..fields
         }
     }
 
-    /// The answer to a request that did not sign in: 401 with a fresh challenge, or 503
-    /// with Retry-After when throttled.
-    async fn send_auth_answer(
-        &mut self,
-        id: &str,
-        request_id: u64,
-        outcome: &Outcome,
-    ) -> Result<(), Stop> {
-        let answer = match (outcome, &self.ctx.auth) {
-            (Outcome::Challenge { stale }, Some(a)) => {
-                let c = a.challenge(*stale, unix_now());
-                self.answer(
-                    id,
-                    request_id,
-                    AnswerStatus::Unauthorized,
-                    Answer {
-                        challenge: Some(v1::Challenge {
-                            realm: c.realm,
-                            nonce: c.nonce,
-                            opaque: c.opaque,
-                            algorithms: c.algorithms.iter().map(|a| (*a).to_owned()).collect(),
-                            stale: c.stale,
-                        }),
-                        reason: "authentication required".into(),
-                        ..Answer::default()
-                    },
-                )
-            }
-            (Outcome::Throttled { retry_after }, _) => self.answer(
-                id,
-                request_id,
-                AnswerStatus::Unavailable,
-                Answer {
-                    retry_after: *retry_after,
-                    reason: "too many failed sign-ins".into(),
-                    ..Answer::default()
-                },
-            ),
-            // Not reached: only failures are answered here, and only with auth on.
-            _ => self.answer(
-                id,
-                request_id,
-                AnswerStatus::InternalError,
-                Answer::default(),
-            ),
-        };
-        self.send(server_message::Kind::Answer(answer)).await
-    }
-
-    fn count_auth(&self, label: Label) {
-        self.ctx
-            .metrics
-            .auth
-            .get_or_create(&AuthLabel::new(label))
-            .inc();
-    }
-
     /// Hands a message to the send path; never waits for the proxy.
-    async fn send(&mut self, kind: server_message::Kind) -> Result<(), Stop> {
-        let subscriptions = self.registry.len();
+    fn send(&mut self, kind: server_message::Kind) -> Result<(), Stop> {
+        let subscriptions = self.machine.len();
         self.out
             .send(ServerMessage { kind: Some(kind) }, subscriptions)
     }
 }
 
-/// Signs in (if asked to), admits and loads a new subscription; runs as a session task.
-/// Returns the subscriber, the sign-in label and user name, and the admission.
-async fn admit(
-    ctx: Arc<Context>,
-    key: SessionKey,
-    req: SubscribeRequest,
-    step: AuthStep,
-    client_address: String,
-) -> (String, Option<(Label, Option<String>)>, Admission) {
-    let mut auth = None;
-    let identity = match step {
-        AuthStep::Off => None,
-        AuthStep::Flow(identity) => Some(identity),
-        AuthStep::Verify(creds) => {
-            let Some(authenticator) = ctx.auth.as_ref() else {
-                return (
-                    req.subscriber,
-                    None,
-                    Admission::Rejected(Rejection::Unavailable),
-                );
-            };
-            let username = digest_username(&creds);
-            let verdict = authenticator
-                .authenticate(&creds, &client_address, unix_now(), ctx.cache.directory())
-                .await;
-            match verdict {
-                Ok(v) => {
-                    auth = Some((v.label, username));
-                    match v.outcome {
-                        Outcome::Authenticated { identity } => Some(identity),
-                        other => return (req.subscriber, auth, Admission::Auth(other)),
-                    }
-                }
-                Err(e) => return (req.subscriber, None, Admission::Failed(e)),
-            }
-        }
-    };
-    let granted = match ctx.policy.admit(&req, identity.as_deref()) {
-        Ok(g) => g,
-        Err(r) => return (req.subscriber, auth, Admission::Rejected(r)),
-    };
-    let outcome = match ctx
-        .cache
-        .attach_limited(key, &req.subscriber, ctx.max_subscriptions_per_user)
-        .await
-    {
-        // The cache now holds the user; the first plan reads the document from it.
-        Ok(_) => Admission::Ready { granted, identity },
-        Err(AttachError::TooMany) => Admission::Rejected(Rejection::Forbidden(TOO_MANY)),
-        Err(AttachError::Directory(e)) => Admission::Failed(e),
-    };
-    (req.subscriber, auth, outcome)
+/// The machine's input for a proxy message; `None` when it carries nothing.
+fn input_from_proto(msg: ProxyMessage) -> Option<Input> {
+    Some(match msg.kind? {
+        proxy_message::Kind::Subscribe(s) => Input::Subscribe(subscribe_from_proto(s)),
+        proxy_message::Kind::Refresh(r) => Input::Refresh(session::Refresh {
+            id: r.subscription_id,
+            request_id: r.request_id,
+            expires: r.expires,
+            credentials: credentials_from_proto(r.credentials),
+            client_address: r.client_address,
+        }),
+        proxy_message::Kind::Unsubscribe(u) => Input::Unsubscribe {
+            id: u.subscription_id,
+        },
+        proxy_message::Kind::Delivered(d) => Input::Delivered {
+            id: d.subscription_id,
+            version: d.version,
+            outcome: match DeliveryOutcome::try_from(d.outcome).unwrap_or_default() {
+                DeliveryOutcome::Accepted => Delivery::Accepted,
+                DeliveryOutcome::Timeout => Delivery::TimedOut,
+                DeliveryOutcome::Rejected | DeliveryOutcome::Unspecified => Delivery::Rejected,
+            },
+        },
+    })
 }
 
-/// The domain form of `conflist.v1.Credentials`; `None` when absent or empty.
+/// The domain form of `conflist.v1.Subscribe`.
+fn subscribe_from_proto(s: v1::Subscribe) -> session::Subscribe {
+    session::Subscribe {
+        id: s.subscription_id,
+        request_id: s.request_id,
+        request: SubscribeRequest {
+            subscriber: s.subscriber_uri,
+            requester: s.requester_uri,
+            event: s.event,
+            accept: s.accept,
+            expires: s.expires,
+            window: window_from_proto(s.window.as_ref()),
+        },
+        credentials: credentials_from_proto(s.credentials),
+        flow_identity: Some(s.flow_identity).filter(|f| !f.is_empty()),
+        client_address: s.client_address,
+        resume_version: s.resume_version,
+        max_body_bytes: s
+            .max_body_bytes
+            .filter(|m| *m > 0)
+            .and_then(|m| usize::try_from(m).ok()),
+    }
+}
+
 /// The window a Subscribe asks for (absent fields: the server's defaults).
 fn window_from_proto(w: Option<&v1::Window>) -> Window {
     let Some(w) = w else {
@@ -1217,6 +693,7 @@ fn window_from_proto(w: Option<&v1::Window>) -> Window {
     }
 }
 
+/// The domain form of `conflist.v1.Credentials`; `None` when absent or empty.
 fn credentials_from_proto(c: Option<v1::Credentials>) -> Option<Credentials> {
     match c?.kind? {
         v1::credentials::Kind::Digest(d) => {
@@ -1239,11 +716,6 @@ fn credentials_from_proto(c: Option<v1::Credentials>) -> Option<Credentials> {
     }
 }
 
-/// The digest user name, cut for logs (bearer tokens are never logged).
-fn digest_username(c: &Credentials) -> Option<String> {
-    c.username().map(loggable)
-}
-
 /// Wall-clock unix seconds: nonces and tokens are stamped with it, so every instance agrees.
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -1261,12 +733,17 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
-    //! The session driven message by message (no sockets): sign-in, authorisation and the
-    //! answers they produce, over an in-memory SQLite directory with the demo data.
+    //! The session task driven message by message (no sockets): sign-in and authorisation
+    //! through the real authenticator and directory (in-memory SQLite with the demo data),
+    //! the answers they produce on the wire, the admin reply channels, and the send path.
+    //! The machine's own logic is tested without I/O in `session::tests`.
 
     use super::*;
     use crate::auth::AuthConfig;
     use crate::directory::{Directory, NewCredentials};
+    use crate::metrics::AuthLabel;
+    use crate::subscription;
+    use document::ConferenceList;
 
     const REALM: &str = "example.com";
 
@@ -1327,7 +804,7 @@ mod tests {
     }
 
     struct Harness {
-        session: Session,
+        session: SessionTask,
         rx: mpsc::Receiver<ServerMessage>,
         next_request: u64,
     }
@@ -1349,7 +826,7 @@ mod tests {
         fn with_context(ctx: Arc<Context>) -> Self {
             let (tx, rx) = mpsc::channel(64);
             Self {
-                session: Session::new(ctx, tx),
+                session: SessionTask::new(ctx, tx, "unknown".into()),
                 rx,
                 next_request: 1,
             }
@@ -1381,10 +858,10 @@ mod tests {
         async fn ask(&mut self, kind: proxy_message::Kind) -> Answer {
             self.session
                 .on_message(ProxyMessage { kind: Some(kind) })
-                .await
                 .unwrap();
+            // Each finished task may start the next (a sign-in, then the load).
             while let Some(done) = self.session.tasks.join_next().await {
-                self.session.on_done(done.unwrap()).await.unwrap();
+                self.session.step(done.unwrap()).unwrap();
             }
             loop {
                 match self.rx.try_recv().unwrap().kind {
@@ -1605,13 +1082,16 @@ mod tests {
             .await;
         assert_eq!(status(&a), AnswerStatus::Unauthorized);
         assert!(a.challenge.is_some());
-        assert!(h.session.registry.contains("s1"), "the subscription stays");
+        assert!(
+            h.session.machine.subscription("s1").is_some(),
+            "the subscription stays"
+        );
 
         let a = h
             .refresh("s1", Some(digest_for(&ch, "alice", "wonderland", 2)))
             .await;
         assert_eq!(status(&a), AnswerStatus::Ok);
-        assert!(h.session.verifying.is_empty());
+        assert_eq!(h.session.machine.unanswered(), 0);
     }
 
     #[tokio::test]
@@ -1655,7 +1135,10 @@ mod tests {
         );
         assert_eq!(h.auth_count(Label::Failed), 2, "both count as failures");
         assert_eq!(h.auth_count(Label::Ok), 0);
-        assert!(h.session.registry.contains("s1"), "the subscription stays");
+        assert!(
+            h.session.machine.subscription("s1").is_some(),
+            "the subscription stays"
+        );
 
         // Counted against bob and the address: a third failure blocks both.
         h.refresh_from(
@@ -1738,7 +1221,7 @@ mod tests {
         assert_eq!(status(&a), AnswerStatus::Unauthorized, "{a:?}");
         assert!(a.challenge.is_some());
         assert_eq!(a.identity, "");
-        assert!(!h.session.registry.contains("s1"));
+        assert!(h.session.machine.subscription("s1").is_none());
         assert!(!h.notification_waiting(), "no document without sign-in");
         assert_eq!(h.auth_count(Label::Challenged), 1);
 
@@ -1822,7 +1305,6 @@ mod tests {
                 user: Some("sip:alice@example.com".into()),
                 reply,
             })
-            .await
             .unwrap();
         let list = list.await.unwrap();
         assert_eq!(list.len(), 1);
@@ -1838,7 +1320,6 @@ mod tests {
                 user: "sip:alice@example.com".into(),
                 reply,
             })
-            .await
             .unwrap();
         assert_eq!(count.await.unwrap(), 1);
         assert!(
@@ -1853,7 +1334,6 @@ mod tests {
                     outcome: DeliveryOutcome::Accepted.into(),
                 })),
             })
-            .await
             .unwrap();
         let resent = next_notification(&mut h);
         assert_eq!((resent.subscription_id.as_str(), resent.version), ("s1", 1));
@@ -1862,7 +1342,6 @@ mod tests {
         let (reply, list) = oneshot::channel();
         h.session
             .on_admin(admin::Command::List { user: None, reply })
-            .await
             .unwrap();
         let list = list.await.unwrap();
         assert_eq!(list.len(), 2);
@@ -1935,39 +1414,5 @@ mod tests {
         let status = stream.next().await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(stream.next().await.is_none());
-    }
-
-    #[tokio::test]
-    async fn a_delivered_for_another_version_does_not_clear_the_one_in_flight() {
-        let mut h = Harness::new(false).await;
-        let a = h.subscribe("s1", "alice", None, "").await;
-        assert_eq!(status(&a), AnswerStatus::Ok);
-        let in_flight = |h: &Harness| h.session.registry.get("s1").unwrap().in_flight;
-        assert_eq!(in_flight(&h), Some(0), "the first notification");
-        let delivered = |version| {
-            proxy_message::Kind::Delivered(v1::Delivered {
-                subscription_id: "s1".into(),
-                version,
-                outcome: DeliveryOutcome::Accepted.into(),
-            })
-        };
-        h.session
-            .on_message(ProxyMessage {
-                kind: Some(delivered(5)),
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            in_flight(&h),
-            Some(0),
-            "a Delivered for version 5 is ignored"
-        );
-        h.session
-            .on_message(ProxyMessage {
-                kind: Some(delivered(0)),
-            })
-            .await
-            .unwrap();
-        assert_eq!(in_flight(&h), None);
     }
 }

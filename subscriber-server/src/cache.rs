@@ -8,7 +8,9 @@
 //!
 //! Race rule (no lost update): a user loaded while a batch was being applied is re-checked
 //! in the next batch (the `generation` counter tells), so a change that committed after the
-//! load's snapshot but was processed before the load finished is never missed.
+//! load's snapshot but was processed before the load finished is never missed. The rule
+//! lives in the sans-IO steps around each query (`Inner::begin_attach`/`finish_attach`,
+//! `Inner::begin_batch`/`finish_batch`), which the tests drive without a database.
 //!
 //! Repair of what the log cannot see: [`Cache::verify`] re-reads given users whole (the
 //! follower walks every cached user in slices each `--verify-interval`), and an entry whose
@@ -20,7 +22,7 @@ use chrono::{DateTime, Utc};
 use document::Conference;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -31,6 +33,9 @@ pub struct UserDoc {
     pub revision: u64,
     /// The conferences.
     pub conferences: Arc<Vec<Conference>>,
+    /// When the change that made this revision was committed (the oldest change-log
+    /// `changed_at` of its batch); `None` for a load or a repair the log did not carry.
+    pub changed_at: Option<SystemTime>,
 }
 
 /// Identifies a session's registration.
@@ -161,12 +166,7 @@ impl Cache {
 
     /// Registers a session; its wake set receives the users that change.
     pub fn register_session(&self) -> (SessionKey, Arc<SessionWake>) {
-        let mut inner = lock(&self.inner);
-        let key = inner.next_session;
-        inner.next_session += 1;
-        let wake = Arc::new(SessionWake::default());
-        inner.sessions.insert(key, wake.clone());
-        (key, wake)
+        lock(&self.inner).register_session()
     }
 
     /// Forgets a session and everything it attached.
@@ -199,24 +199,15 @@ impl Cache {
         user: &str,
         limit: usize,
     ) -> Result<Arc<UserDoc>, AttachError> {
-        let generation = {
-            let mut inner = lock(&self.inner);
-            let held = inner
-                .users
-                .get(user)
-                .map_or(0, |e| e.sessions.values().sum::<usize>())
-                + inner.loading.get(user).copied().unwrap_or(0);
-            if held >= limit {
-                return Err(AttachError::TooMany);
-            }
-            if let Some(e) = inner.users.get_mut(user)
-                && self.max_age.is_none_or(|age| e.loaded_at.elapsed() < age)
-            {
-                *e.sessions.entry(session).or_default() += 1;
-                return Ok(e.doc.clone());
-            }
-            *inner.loading.entry(user.to_owned()).or_default() += 1;
-            inner.generation
+        let generation = match lock(&self.inner).begin_attach(
+            session,
+            user,
+            limit,
+            self.max_age,
+            Instant::now(),
+        )? {
+            Attach::Cached(doc) => return Ok(doc),
+            Attach::Load { generation } => generation,
         };
         let mut loading = Loading {
             cache: self,
@@ -232,45 +223,9 @@ impl Cache {
         let mut inner = lock(&self.inner);
         // Counted as held from here on, in the same critical section.
         loading.armed = false;
-        unload(&mut inner, user);
-        let Inner {
-            users,
-            by_conference,
-            sessions,
-            generation: applied,
-            recheck,
-            rolls,
-            ..
-        } = &mut *inner;
-        if let Some(e) = users.get_mut(user) {
-            // A stale entry re-read, or another session loaded it meanwhile. Ours is the
-            // newest unless a batch was applied since our read began: then the next batch
-            // re-reads the user instead.
-            if *applied == generation {
-                swap_in(e, by_conference, sessions, rolls, user, loaded, true);
-            } else {
-                recheck.insert(user.to_owned());
-                self.follower_wake.notify_one();
-            }
-            *e.sessions.entry(session).or_default() += 1;
-            return Ok(e.doc.clone());
-        }
-        let doc = Arc::new(UserDoc {
-            revision: 0,
-            conferences: Arc::new(loaded),
-        });
-        index(&mut inner, user, &doc.conferences);
-        inner.users.insert(
-            user.to_owned(),
-            Entry {
-                doc: doc.clone(),
-                sessions: HashMap::from([(session, 1)]),
-                loaded_at: Instant::now(),
-            },
-        );
-        if inner.generation != generation {
-            inner.recheck.insert(user.to_owned());
-            drop(inner);
+        let (doc, recheck) = inner.finish_attach(session, user, generation, loaded, Instant::now());
+        drop(inner);
+        if recheck {
             self.follower_wake.notify_one();
         }
         Ok(doc)
@@ -295,7 +250,7 @@ impl Cache {
 
     /// The current document of a cached user.
     pub fn current(&self, user: &str) -> Option<Arc<UserDoc>> {
-        lock(&self.inner).users.get(user).map(|e| e.doc.clone())
+        lock(&self.inner).current(user)
     }
 
     /// Number of cached users.
@@ -333,7 +288,7 @@ impl Cache {
     /// change the log did not carry); returns how many lists changed. Users no longer
     /// cached are skipped. Run by the follower, so it never races a change batch.
     pub async fn verify(&self, users: &[String]) -> Result<usize, DirectoryError> {
-        self.apply(&HashSet::new(), users, false).await
+        self.apply(&HashSet::new(), users, false, None).await
     }
 
     /// Brings the cached users affected by changes to `conferences` up to date; returns how
@@ -341,13 +296,15 @@ impl Cache {
     /// conferences; each affected user's list is patched (its other conferences did not
     /// change: every change is logged). Users loaded while an earlier batch ran (rechecks)
     /// are recomputed whole. `everyone` recomputes every cached user (polling mode, or a
-    /// resync after the log was truncated past us).
+    /// resync after the log was truncated past us). `changed_at` is when the batch's oldest
+    /// change was committed; the new revisions carry it (commit-to-notify latency).
     pub async fn apply_changes(
         &self,
         conferences: &HashSet<String>,
         everyone: bool,
+        changed_at: Option<SystemTime>,
     ) -> Result<usize, DirectoryError> {
-        self.apply(conferences, &[], everyone).await
+        self.apply(conferences, &[], everyone, changed_at).await
     }
 
     /// [`Cache::apply_changes`], also recomputing `extra` users whole.
@@ -356,48 +313,230 @@ impl Cache {
         conferences: &HashSet<String>,
         extra: &[String],
         everyone: bool,
+        changed_at: Option<SystemTime>,
     ) -> Result<usize, DirectoryError> {
-        let whole: Vec<String> = {
-            let mut inner = lock(&self.inner);
-            let mut whole = std::mem::take(&mut inner.recheck);
-            if everyone {
-                whole.extend(inner.users.keys().cloned());
-            } else {
-                whole.extend(
-                    extra
-                        .iter()
-                        .filter(|u| inner.users.contains_key(*u))
-                        .cloned(),
-                );
-            }
-            whole.into_iter().collect()
-        };
+        let whole = lock(&self.inner).begin_batch(extra, everyone);
         let changed: Vec<String> = if everyone {
             Vec::new()
         } else {
             conferences.iter().cloned().collect()
         };
-        let memberships = self.directory.memberships_of(&changed).await?;
-        let mut recomputed = self.directory.conferences_of_many(&whole).await?;
+        let read = async {
+            let memberships = self.directory.memberships_of(&changed).await?;
+            let recomputed = self.directory.conferences_of_many(&whole).await?;
+            Ok::<_, DirectoryError>((memberships, recomputed))
+        };
+        let (memberships, recomputed) = match read.await {
+            Ok(read) => read,
+            Err(e) => {
+                // The next batch must still recheck whoever this one was to.
+                lock(&self.inner).abort_batch(whole);
+                return Err(e);
+            }
+        };
+        Ok(lock(&self.inner).finish_batch(
+            Batch {
+                conferences,
+                changed: &changed,
+                whole,
+                memberships,
+                recomputed,
+                changed_at,
+            },
+            Instant::now(),
+        ))
+    }
+}
 
+/// What [`Inner::begin_attach`] decided.
+#[derive(Debug)]
+enum Attach {
+    /// The cached entry serves: counted for the session.
+    Cached(Arc<UserDoc>),
+    /// Read the user from the database, then call [`Inner::finish_attach`] with this.
+    Load {
+        /// The batch generation when the read began.
+        generation: u64,
+    },
+}
+
+/// What a change batch read, for [`Inner::finish_batch`].
+#[derive(Debug)]
+struct Batch<'a> {
+    /// The conferences the log named.
+    conferences: &'a HashSet<String>,
+    /// The conferences whose memberships were read (none when everyone is recomputed).
+    changed: &'a [String],
+    /// The users read whole ([`Inner::begin_batch`]).
+    whole: Vec<String>,
+    /// (member, conference row) of every changed conference.
+    memberships: Vec<(String, Conference)>,
+    /// The whole lists of `whole`.
+    recomputed: HashMap<String, Vec<Conference>>,
+    /// When the batch's oldest change was committed.
+    changed_at: Option<SystemTime>,
+}
+
+/// A user's list as read, for [`swap_in`].
+#[derive(Debug)]
+struct Revision {
+    conferences: Vec<Conference>,
+    /// Set when the list was read whole (which resets its age), at this instant.
+    read_whole_at: Option<Instant>,
+    changed_at: Option<SystemTime>,
+}
+
+impl Inner {
+    fn register_session(&mut self) -> (SessionKey, Arc<SessionWake>) {
+        let key = self.next_session;
+        self.next_session += 1;
+        let wake = Arc::new(SessionWake::default());
+        self.sessions.insert(key, wake.clone());
+        (key, wake)
+    }
+
+    /// Step one of [`Cache::attach_limited`]: refused over `limit`, served from the cache
+    /// when cached and fresh (`max_age` at `now`), otherwise counted as loading.
+    fn begin_attach(
+        &mut self,
+        session: SessionKey,
+        user: &str,
+        limit: usize,
+        max_age: Option<Duration>,
+        now: Instant,
+    ) -> Result<Attach, AttachError> {
+        let held = self
+            .users
+            .get(user)
+            .map_or(0, |e| e.sessions.values().sum::<usize>())
+            + self.loading.get(user).copied().unwrap_or(0);
+        if held >= limit {
+            return Err(AttachError::TooMany);
+        }
+        if let Some(e) = self.users.get_mut(user)
+            && max_age.is_none_or(|age| now.saturating_duration_since(e.loaded_at) < age)
+        {
+            *e.sessions.entry(session).or_default() += 1;
+            return Ok(Attach::Cached(e.doc.clone()));
+        }
+        *self.loading.entry(user.to_owned()).or_default() += 1;
+        Ok(Attach::Load {
+            generation: self.generation,
+        })
+    }
+
+    /// Step two: `loaded` is the list read since `generation`. Returns the user's document
+    /// and whether the next batch must recheck the user (a batch was applied while the read
+    /// ran, so `loaded` may predate a change that batch could not apply to an uncached user).
+    fn finish_attach(
+        &mut self,
+        session: SessionKey,
+        user: &str,
+        generation: u64,
+        loaded: Vec<Conference>,
+        now: Instant,
+    ) -> (Arc<UserDoc>, bool) {
+        unload(self, user);
+        let stale = self.generation != generation;
+        let Inner {
+            users,
+            by_conference,
+            sessions,
+            recheck,
+            rolls,
+            ..
+        } = self;
+        if let Some(e) = users.get_mut(user) {
+            // A stale entry re-read, or another session loaded it meanwhile. Ours is the
+            // newest unless a batch was applied since our read began: then the next batch
+            // re-reads the user instead.
+            if stale {
+                recheck.insert(user.to_owned());
+            } else {
+                let revision = Revision {
+                    conferences: loaded,
+                    read_whole_at: Some(now),
+                    changed_at: None,
+                };
+                swap_in(e, by_conference, sessions, rolls, user, revision);
+            }
+            *e.sessions.entry(session).or_default() += 1;
+            return (e.doc.clone(), stale);
+        }
+        let doc = Arc::new(UserDoc {
+            revision: 0,
+            conferences: Arc::new(loaded),
+            changed_at: None,
+        });
+        index(self, user, &doc.conferences);
+        self.users.insert(
+            user.to_owned(),
+            Entry {
+                doc: doc.clone(),
+                sessions: HashMap::from([(session, 1)]),
+                loaded_at: now,
+            },
+        );
+        if stale {
+            self.recheck.insert(user.to_owned());
+        }
+        (doc, stale)
+    }
+
+    /// Step one of a batch: the users to read whole (every recheck, and `extra`'s cached
+    /// users or, with `everyone`, every cached user).
+    fn begin_batch(&mut self, extra: &[String], everyone: bool) -> Vec<String> {
+        let mut whole = std::mem::take(&mut self.recheck);
+        if everyone {
+            whole.extend(self.users.keys().cloned());
+        } else {
+            whole.extend(
+                extra
+                    .iter()
+                    .filter(|u| self.users.contains_key(*u))
+                    .cloned(),
+            );
+        }
+        whole.into_iter().collect()
+    }
+
+    /// A batch whose reads failed: its users (those still cached) are rechecked by the next.
+    fn abort_batch(&mut self, whole: Vec<String>) {
+        let cached: Vec<String> = whole
+            .into_iter()
+            .filter(|u| self.users.contains_key(u))
+            .collect();
+        self.recheck.extend(cached);
+    }
+
+    /// Step two: installs what the batch read; returns how many users' lists changed. It
+    /// counts as an applied batch for loads in progress (the generation moves on).
+    fn finish_batch(&mut self, batch: Batch<'_>, now: Instant) -> usize {
+        let Batch {
+            conferences,
+            changed,
+            whole,
+            memberships,
+            mut recomputed,
+            changed_at,
+        } = batch;
         // The new rows of the changed conferences, per member.
         let mut patches: HashMap<String, Vec<Conference>> = HashMap::new();
         for (user, conference) in memberships {
             patches.entry(user).or_default().push(conference);
         }
-        let mut inner = lock(&self.inner);
-        inner.generation += 1;
+        self.generation += 1;
         let whole: HashSet<String> = whole.into_iter().collect();
         let mut patched: HashSet<String> = changed
             .iter()
-            .filter_map(|c| inner.by_conference.get(c))
+            .filter_map(|c| self.by_conference.get(c))
             .flatten()
             .cloned()
             .collect();
         patched.extend(
             patches
                 .keys()
-                .filter(|u| inner.users.contains_key(*u))
+                .filter(|u| self.users.contains_key(*u))
                 .cloned(),
         );
         patched.retain(|u| !whole.contains(u));
@@ -405,13 +544,17 @@ impl Cache {
         let mut changed_users = 0;
         for user in whole.iter().chain(patched.iter()) {
             if whole.contains(user) {
-                let new = recomputed.remove(user).unwrap_or_default();
-                if install(&mut inner, user, new, true) {
+                let new = Revision {
+                    conferences: recomputed.remove(user).unwrap_or_default(),
+                    read_whole_at: Some(now),
+                    changed_at,
+                };
+                if install(self, user, new) {
                     changed_users += 1;
                 }
                 continue;
             }
-            let Some(entry) = inner.users.get(user) else {
+            let Some(entry) = self.users.get(user) else {
                 continue;
             };
             let mut rows = patches.remove(user).unwrap_or_default();
@@ -434,18 +577,27 @@ impl Cache {
                 .collect();
             new.extend(rows);
             new.sort_by(|a, b| a.entity.cmp(&b.entity));
-            if install(&mut inner, user, new, false) {
+            let new = Revision {
+                conferences: new,
+                read_whole_at: None,
+                changed_at,
+            };
+            if install(self, user, new) {
                 changed_users += 1;
             }
         }
-        Ok(changed_users)
+        changed_users
+    }
+
+    /// The current document of a cached user.
+    fn current(&self, user: &str) -> Option<Arc<UserDoc>> {
+        self.users.get(user).map(|e| e.doc.clone())
     }
 }
 
 /// Swaps in `new` as `user`'s list when it differs (a new revision, the index updated,
-/// every session holding the user woken); returns whether it did. `whole` says the list
-/// was read whole, which resets its age.
-fn install(inner: &mut Inner, user: &str, new: Vec<Conference>, whole: bool) -> bool {
+/// every session holding the user woken); returns whether it did.
+fn install(inner: &mut Inner, user: &str, new: Revision) -> bool {
     let Inner {
         users,
         by_conference,
@@ -454,7 +606,7 @@ fn install(inner: &mut Inner, user: &str, new: Vec<Conference>, whole: bool) -> 
         ..
     } = inner;
     match users.get_mut(user) {
-        Some(entry) => swap_in(entry, by_conference, sessions, rolls, user, new, whole),
+        Some(entry) => swap_in(entry, by_conference, sessions, rolls, user, new),
         None => false,
     }
 }
@@ -466,19 +618,19 @@ fn swap_in(
     sessions: &HashMap<SessionKey, Arc<SessionWake>>,
     rolls: &mut BTreeSet<(DateTime<Utc>, String)>,
     user: &str,
-    new: Vec<Conference>,
-    whole: bool,
+    new: Revision,
 ) -> bool {
-    if whole {
-        entry.loaded_at = Instant::now();
+    if let Some(at) = new.read_whole_at {
+        entry.loaded_at = at;
     }
-    if *entry.doc.conferences == new {
+    if *entry.doc.conferences == new.conferences {
         return false;
     }
     let old = entry.doc.conferences.clone();
     let doc = Arc::new(UserDoc {
         revision: entry.doc.revision + 1,
-        conferences: Arc::new(new),
+        conferences: Arc::new(new.conferences),
+        changed_at: new.changed_at,
     });
     reindex(by_conference, user, &old, &doc.conferences);
     note_rolls(rolls, &doc.conferences);
@@ -575,6 +727,154 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ALICE: &str = "sip:alice@example.com";
+    const ROOM: &str = "sip:1001@conf.example.com";
+
+    fn room(subject: &str) -> Conference {
+        let mut c = Conference {
+            entity: ROOM.into(),
+            ..Conference::default()
+        };
+        c.description.subject = Some(subject.into());
+        c
+    }
+
+    /// A batch that read `memberships` for the changed `conferences` and `recomputed` for
+    /// the users it was asked to read whole.
+    fn batch<'a>(
+        conferences: &'a HashSet<String>,
+        changed: &'a [String],
+        whole: Vec<String>,
+        memberships: Vec<(String, Conference)>,
+        recomputed: HashMap<String, Vec<Conference>>,
+    ) -> Batch<'a> {
+        Batch {
+            conferences,
+            changed,
+            whole,
+            memberships,
+            recomputed,
+            changed_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+        }
+    }
+
+    fn load(inner: &mut Inner, session: SessionKey, now: Instant) -> u64 {
+        match inner.begin_attach(session, ALICE, 10, None, now).unwrap() {
+            Attach::Load { generation } => generation,
+            Attach::Cached(_) => unreachable!("not cached yet"),
+        }
+    }
+
+    #[test]
+    fn a_user_loaded_while_a_batch_ran_is_rechecked_by_the_next_batch() {
+        let now = Instant::now();
+        let mut inner = Inner::default();
+        let (s1, wake) = inner.register_session();
+        // The load's read begins before the change commits...
+        let generation = load(&mut inner, s1, now);
+        // ...and the change's batch is applied before the load finishes: alice is not cached
+        // yet, so the batch cannot patch her.
+        let conferences = HashSet::from([ROOM.to_owned()]);
+        let changed = vec![ROOM.to_owned()];
+        let whole = inner.begin_batch(&[], false);
+        assert!(whole.is_empty());
+        let applied = inner.finish_batch(
+            batch(
+                &conferences,
+                &changed,
+                whole,
+                vec![(ALICE.into(), room("new"))],
+                HashMap::new(),
+            ),
+            now,
+        );
+        assert_eq!(applied, 0);
+
+        // The load ends with what it read: the old row.
+        let (doc, recheck) = inner.finish_attach(s1, ALICE, generation, vec![room("old")], now);
+        assert!(recheck, "the follower must be woken");
+        assert_eq!(
+            doc.conferences[0].description.subject.as_deref(),
+            Some("old")
+        );
+
+        // The next batch, whatever it carries, reads alice whole and installs the new row.
+        let whole = inner.begin_batch(&[], false);
+        assert_eq!(whole, vec![ALICE.to_owned()]);
+        let none = HashSet::new();
+        let applied = inner.finish_batch(
+            batch(
+                &none,
+                &[],
+                whole,
+                Vec::new(),
+                HashMap::from([(ALICE.to_owned(), vec![room("new")])]),
+            ),
+            now,
+        );
+        assert_eq!(applied, 1);
+        let doc = inner.current(ALICE).unwrap();
+        assert_eq!(
+            (
+                doc.revision,
+                doc.conferences[0].description.subject.as_deref()
+            ),
+            (1, Some("new"))
+        );
+        assert!(
+            doc.changed_at.is_some(),
+            "the revision carries its batch's time"
+        );
+        assert_eq!(wake.take(), HashSet::from([ALICE.to_owned()]));
+        assert!(inner.begin_batch(&[], false).is_empty(), "rechecked once");
+    }
+
+    #[test]
+    fn a_load_with_no_batch_in_between_is_not_rechecked() {
+        let now = Instant::now();
+        let mut inner = Inner::default();
+        let (s1, _) = inner.register_session();
+        let (s2, _) = inner.register_session();
+        let generation = load(&mut inner, s1, now);
+        let (doc, recheck) = inner.finish_attach(s1, ALICE, generation, vec![room("a")], now);
+        assert!(!recheck);
+        assert_eq!((doc.revision, doc.changed_at), (0, None));
+        assert!(inner.begin_batch(&[], false).is_empty());
+
+        // A second session's load of the cached user while a batch ran: rechecked too, and
+        // its stale read is not installed over the cached list.
+        let Attach::Load { generation } = inner
+            .begin_attach(s2, ALICE, 10, Some(Duration::ZERO), now)
+            .unwrap()
+        else {
+            unreachable!("max age zero: re-read")
+        };
+        let none = HashSet::new();
+        let whole = inner.begin_batch(&[], false);
+        inner.finish_batch(batch(&none, &[], whole, Vec::new(), HashMap::new()), now);
+        let (doc, recheck) = inner.finish_attach(s2, ALICE, generation, vec![room("stale")], now);
+        assert!(recheck);
+        assert_eq!(doc.conferences[0].description.subject.as_deref(), Some("a"));
+        assert_eq!(inner.begin_batch(&[], false), vec![ALICE.to_owned()]);
+    }
+
+    #[test]
+    fn a_batch_whose_reads_fail_keeps_its_rechecks_for_the_next() {
+        let now = Instant::now();
+        let mut inner = Inner::default();
+        let (s1, _) = inner.register_session();
+        let generation = load(&mut inner, s1, now);
+        let none = HashSet::new();
+        let whole = inner.begin_batch(&[], false);
+        inner.finish_batch(batch(&none, &[], whole, Vec::new(), HashMap::new()), now);
+        inner.finish_attach(s1, ALICE, generation, vec![room("old")], now);
+
+        let whole = inner.begin_batch(&[], false);
+        assert_eq!(whole, vec![ALICE.to_owned()]);
+        inner.abort_batch(whole);
+        assert_eq!(inner.begin_batch(&[], false), vec![ALICE.to_owned()]);
+    }
 
     #[tokio::test]
     async fn subscriptions_per_user_are_limited_across_sessions() {

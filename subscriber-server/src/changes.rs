@@ -21,15 +21,19 @@
 //! Pruning is commit-safe: a row is deleted only when it is older than the retention *and*
 //! was visible to a read of this server at least the retention ago ([`PruneHorizon`]), so a
 //! transaction that commits late keeps its rows for the full retention after its commit.
+//!
+//! With a read replica, a batch is recomputed from it only once it has replayed past the
+//! primary's WAL position taken after the log read (waiting at most [`REPLICA_WAIT`]);
+//! otherwise from the primary (counted in `conflist_server_replica_fallbacks_total`).
 
 use crate::cache::Cache;
 use crate::directory::changelog::CHANNEL;
-use crate::directory::{ChangeCursor, Directory, PruneMark};
+use crate::directory::{ChangeCursor, Directory, PruneMark, ReplicaCatchUp};
 use crate::metrics::Metrics;
 use sqlx::postgres::PgListener;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -60,6 +64,9 @@ pub struct FollowerConfig {
 
 /// Rows per page of a change-log read.
 const PAGE: i64 = 10_000;
+/// Longest wait for the read replica to replay a batch's log read before the batch reads
+/// the primary instead.
+pub const REPLICA_WAIT: Duration = Duration::from_secs(2);
 /// Users re-read per verification slice (one slice per follower wake-up).
 const VERIFY_SLICE: usize = 500;
 /// How often the pruner runs.
@@ -112,7 +119,7 @@ async fn poll(
         if cache.is_empty() {
             continue;
         }
-        match cache.apply_changes(&HashSet::new(), true).await {
+        match cache.apply_changes(&HashSet::new(), true, None).await {
             Ok(n) => {
                 metrics.users_changed.inc_by(n as u64);
             }
@@ -238,6 +245,7 @@ async fn read_and_apply(
         last_read,
         conferences: retry_conferences,
         resync: retry_resync,
+        changed_at: retry_changed_at,
     } = progress;
     let read = match directory.read_changes(cursor, PAGE).await {
         Ok(read) => read,
@@ -247,6 +255,26 @@ async fn read_and_apply(
             return;
         }
     };
+    metrics.change_log_lag.set(
+        read.newest
+            .and_then(|at| SystemTime::now().duration_since(at).ok())
+            .map_or(0.0, |lag| lag.as_secs_f64()),
+    );
+    match directory.await_replica(read.wal, REPLICA_WAIT).await {
+        ReplicaCatchUp::Behind => {
+            metrics.replica_fallbacks.inc();
+            warn!(
+                rows = read.rows,
+                wait = ?REPLICA_WAIT,
+                "the read replica has not replayed the change-log read; directory reads go to \
+                 the primary until it has"
+            );
+        }
+        ReplicaCatchUp::StillBehind => {
+            metrics.replica_fallbacks.inc();
+        }
+        ReplicaCatchUp::NoReplica | ReplicaCatchUp::CaughtUp => {}
+    }
     let now = Instant::now();
     let age = frontier.observe(now, cursor.oldest_open());
     metrics
@@ -281,7 +309,11 @@ async fn read_and_apply(
     // slow for a moment does not turn into a full resync on top of the load.
     conferences.extend(std::mem::take(retry_conferences));
     resync |= std::mem::take(retry_resync);
-    match cache.apply_changes(&conferences, resync).await {
+    let changed_at = match (read.oldest, retry_changed_at.take()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    match cache.apply_changes(&conferences, resync, changed_at).await {
         Ok(n) => {
             metrics.users_changed.inc_by(n as u64);
         }
@@ -295,6 +327,7 @@ async fn read_and_apply(
             } else {
                 *retry_conferences = conferences;
             }
+            *retry_changed_at = changed_at;
             cache.follower_wake.notify_one();
         }
     }
@@ -313,6 +346,8 @@ struct Progress {
     conferences: std::collections::HashSet<String>,
     /// Every cached user must be recomputed (a failed resync, or too many conferences).
     resync: bool,
+    /// The oldest `changed_at` of those failed batches.
+    changed_at: Option<SystemTime>,
 }
 
 /// Waits for `tick`'s next tick; forever without one.

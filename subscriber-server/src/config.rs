@@ -29,6 +29,8 @@ pub const DEFAULT_SESSION_STALL_TIMEOUT: &str = "10s";
 pub const DEFAULT_VERIFY_INTERVAL: &str = "5m";
 /// Default `--cache-max-age`.
 pub const DEFAULT_CACHE_MAX_AGE: &str = "1m";
+/// Default `--drain-timeout`: time for proxies to move subscriptions away on SIGTERM.
+pub const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
 /// Longest password `user set-password` reads.
 const MAX_PASSWORD_BYTES: usize = 1024;
 
@@ -48,6 +50,11 @@ pub struct Config {
     /// Database: postgres://… (the operator's) or sqlite:… (embedded default).
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
+    /// PostgreSQL read replica for directory reads (conferences, members, credentials);
+    /// the change log, LISTEN, pruning and migrations stay on --database-url. A change batch
+    /// waits for the replica to replay past the log read, else reads the primary.
+    #[arg(long, env = "CONFLIST_READ_DATABASE_URL")]
+    pub read_database_url: Option<String>,
     /// Most database connections held.
     #[arg(long, env = "CONFLIST_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
@@ -134,6 +141,10 @@ pub struct Config {
     /// How long shutdown waits for sessions to send their final NOTIFYs.
     #[arg(long, env = "CONFLIST_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// On SIGTERM, how long gRPC health says NOT_SERVING (so proxies move this server's
+    /// subscriptions away) before the rest are deactivated (`0`: no wait).
+    #[arg(long, env = "CONFLIST_DRAIN_TIMEOUT", default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
     /// Log format: text or json.
     #[arg(long, env = "CONFLIST_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -293,6 +304,15 @@ impl Config {
         }
         if self.sip_domain.trim().is_empty() {
             return Err("--sip-domain must not be empty".into());
+        }
+        if let Some(read) = &self.read_database_url
+            && !(directory::is_postgres_url(read) && directory::is_postgres_url(&self.database_url))
+        {
+            return Err(
+                "--read-database-url needs PostgreSQL: both it and --database-url must be \
+                 postgres:// URLs"
+                    .into(),
+            );
         }
         self.validate_auth()?;
         match &self.command {
@@ -597,6 +617,7 @@ impl Config {
             Duration::ZERO,
             HOUR,
         )?;
+        check_range("--drain-timeout", self.drain_timeout, Duration::ZERO, HOUR)?;
         check_range("--nonce-lifetime", self.nonce_lifetime, S, MAX_DURATION)?;
         check_range("--auth-max-failures", self.auth_max_failures, 1, 1_000_000)?;
         check_range(
@@ -860,6 +881,40 @@ mod tests {
         assert_eq!(password_from_input(b"no newline").unwrap(), "no newline");
         assert!(password_from_input(b"\n").is_err());
         assert!(password_from_input(b"").is_err());
+    }
+
+    #[test]
+    fn a_read_replica_needs_postgresql_on_both_sides() {
+        let pg = "postgres://u@primary/db";
+        let ok = Config::parse_from([
+            "x",
+            "--database-url",
+            pg,
+            "--read-database-url",
+            "postgresql://u@replica/db",
+        ]);
+        assert!(ok.validate().is_ok());
+        for (primary, read) in [
+            ("sqlite:demo.db", "postgres://u@replica/db"),
+            (pg, "sqlite:replica.db"),
+        ] {
+            let c =
+                Config::parse_from(["x", "--database-url", primary, "--read-database-url", read]);
+            assert!(
+                c.validate().unwrap_err().starts_with("--read-database-url"),
+                "{primary} {read}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_drain_timeout_defaults_to_ten_seconds_and_may_be_zero() {
+        let c = Config::parse_from(["x"]);
+        assert_eq!(c.drain_timeout, Duration::from_secs(10));
+        assert_eq!(c.read_database_url, None);
+        let c = Config::parse_from(["x", "--drain-timeout", "0s"]);
+        assert_eq!(c.drain_timeout, Duration::ZERO);
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -99,7 +99,7 @@ pub struct PoolLabel {
 }
 
 /// Buckets from 1 ms to about 33 s, doubling: database queries and end-to-end latencies.
-fn latency_histogram() -> Histogram {
+pub(crate) fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
@@ -155,6 +155,9 @@ pub struct Metrics {
     pub db_pool: Family<PoolLabel, Gauge>,
     /// SIGTERM drains started.
     pub drains: Counter,
+    /// Change batches read from the primary because the read replica had not replayed
+    /// their log read in time.
+    pub replica_fallbacks: Counter,
 }
 
 impl Default for Metrics {
@@ -183,6 +186,7 @@ impl Default for Metrics {
             change_log_lag: Gauge::default(),
             db_pool: Family::default(),
             drains: Counter::default(),
+            replica_fallbacks: Counter::default(),
         }
     }
 }
@@ -303,6 +307,11 @@ impl Metrics {
             m.db_pool.clone(),
         );
         r.register("drains", "SIGTERM drains started", m.drains.clone());
+        r.register(
+            "replica_fallbacks",
+            "Change batches read from the primary because the read replica had not replayed past their change-log read in time",
+            m.replica_fallbacks.clone(),
+        );
         m
     }
 }

@@ -47,6 +47,10 @@ pub struct ServerOptions {
     /// Keep the server's log (standard error) in [`Server::log`]; with `CONFLIST_TEST_LOGS`
     /// it is also printed.
     pub capture_log: bool,
+    /// `--drain-timeout`, given as `CONFLIST_DRAIN_TIMEOUT` so that a `--drain-timeout` in
+    /// `extra_args` wins. Zero by default: a test that stops a server with subscriptions on
+    /// it does not wait for proxies to move them unless it asks to.
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -58,6 +62,7 @@ impl Default for ServerOptions {
             auth: false,
             extra_args: Vec::new(),
             capture_log: false,
+            drain_timeout: Duration::ZERO,
         }
     }
 }
@@ -171,6 +176,10 @@ pub async fn spawn_server(database_url: &str, opts: &ServerOptions) -> Result<Se
         cmd.args(["--auth", "off"]);
     }
     cmd.args(&opts.extra_args);
+    cmd.env(
+        "CONFLIST_DRAIN_TIMEOUT",
+        format!("{}ms", opts.drain_timeout.as_millis()),
+    );
     let log = Log::default();
     let (child, fields, _) =
         start_line(cmd, &["grpc", "admin"], opts.capture_log.then_some(&log)).await?;

@@ -1,24 +1,38 @@
-//! The server's sans-IO session logic (`conflist_server::subscription`) under arbitrary
-//! sequences, with a fake clock and a model to compare against:
+//! The server's sans-IO session logic (`conflist_server::subscription` and
+//! `conflist_server::session`) under arbitrary sequences, with a fake clock and a model to
+//! compare against:
 //!
 //! * `Policy::admit` / `grant` with arbitrary requests: never panics, grants within
 //!   `[min, max]` (or 0 for a fetch), 423 only below the minimum;
 //! * `Registry` inserts, refreshes, deferred sends, expiry, removal and drain agree with a
 //!   plain map of id → (user, expiry);
-//! * `plan` against a simulated client that applies every document it receives: the client
-//!   always ends up holding exactly the latest list, versions strictly increase, and a lost
-//!   NOTIFY is followed (after `STALE_IN_FLIGHT`) by full state.
+//! * `Subscription::plan` against a simulated client that applies every document it
+//!   receives: the client always ends up holding exactly the latest list, versions strictly
+//!   increase, and a lost NOTIFY is followed (after `STALE_IN_FLIGHT`) by full state;
+//! * the session machine (`session::Session`) fed arbitrary requests, sign-in and load
+//!   outcomes (in any order), list changes, admin commands and deadlines: every request is
+//!   answered at most once, a subscription's Notifications follow its OK Answer with
+//!   versions up by one from 0 (or the resumed version + 1) and none after the final one,
+//!   no Notification overtakes one in flight before `STALE_IN_FLIGHT`, and the cache
+//!   attachments it releases match its live subscriptions.
 #![no_main]
 
+use conflist_server::auth::{Credentials, Label, Outcome, Verdict};
+use conflist_server::cache::{AttachError, UserDoc};
+use conflist_server::directory::DirectoryError;
+use conflist_server::metrics::Metrics;
+use conflist_server::session::{
+    self, AdminQuery, Delivery, Input, Now, Output, Reply, Session, Settings, Ticket,
+};
 use conflist_server::subscription::{
-    NotifyPolicy, Plan, Policy, Registry, STALE_IN_FLIGHT, SubscribeRequest, Subscription, plan,
+    NotifyPolicy, Plan, Policy, Registry, STALE_IN_FLIGHT, SubscribeRequest, Subscription,
 };
 use document::{Conference, ConferenceDescription, DocumentState, apply};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = admission(&mut u);
     let _ = registry(&mut u);
     let _ = delivery(&mut u);
+    let _ = machine(&mut u);
 });
 
 const USERS: [&str; 3] = [
@@ -231,10 +246,10 @@ fn delivery(u: &mut Unstructured<'_>) -> Result<()> {
             }
             _ => {
                 let owed = u.ratio(1, 4)?;
-                let in_flight_since = sub.in_flight.and(sub.last_sent);
+                let in_flight_since = sub.in_flight().and(sub.last_sent());
                 let wall = epoch
                     + chrono::Duration::from_std(now - start).expect("fuzz time spans are short");
-                match plan(&mut sub, &latest, now, wall, owed, policy) {
+                match sub.plan(&latest, now, wall, owed, policy) {
                     Plan::Nothing | Plan::Defer(_) => {}
                     Plan::Send(doc) => {
                         if let Some(since) = in_flight_since {
@@ -252,7 +267,7 @@ fn delivery(u: &mut Unstructured<'_>) -> Result<()> {
                             assert_eq!(doc.version, prev + 1, "versions must go up by one");
                         }
                         last_version = Some(doc.version);
-                        assert_eq!(sub.in_flight, Some(doc.version));
+                        assert_eq!(sub.in_flight(), Some(doc.version));
                         // The wire form is what the client applies.
                         let wire = document::ConferenceList::parse(&doc.render())
                             .expect("rendered document parses");
@@ -284,9 +299,9 @@ fn delivery(u: &mut Unstructured<'_>) -> Result<()> {
                 }
                 // Nothing ever answers a lost NOTIFY: the notifier must not wait on it
                 // past STALE_IN_FLIGHT.
-                if sub.in_flight.is_some() {
+                if sub.in_flight().is_some() {
                     assert!(
-                        sub.last_sent.is_some_and(|t| t + STALE_IN_FLIGHT > now),
+                        sub.last_sent().is_some_and(|t| t + STALE_IN_FLIGHT > now),
                         "a stale in-flight NOTIFY was not replaced"
                     );
                 }
@@ -301,7 +316,7 @@ fn delivery(u: &mut Unstructured<'_>) -> Result<()> {
     let wall = epoch + chrono::Duration::from_std(now - start).expect("fuzz time spans are short");
     // Every part of the final state, each answered at once.
     for _ in 0..10_000 {
-        let Plan::Send(doc) = plan(&mut sub, &latest, now, wall, false, policy) else {
+        let Plan::Send(doc) = sub.plan(&latest, now, wall, false, policy) else {
             break;
         };
         let (held_version, held) = match &client {
@@ -318,6 +333,310 @@ fn delivery(u: &mut Unstructured<'_>) -> Result<()> {
     if let Some((_, held)) = &client {
         assert_eq!(held, &canonical(&latest), "client did not converge");
     }
+    Ok(())
+}
+
+/// What the model knows of one subscription the machine admitted.
+struct Live {
+    /// The version its next Notification must carry.
+    next: u64,
+    /// The Notification awaiting its answer, and when it was sent.
+    in_flight: Option<(u64, Instant)>,
+}
+
+/// A request sent to the machine and not answered yet.
+enum Asked {
+    Subscribe { id: String, first: u64 },
+    Refresh,
+}
+
+/// The session machine against a model of what the proxy sees.
+fn machine(u: &mut Unstructured<'_>) -> Result<()> {
+    const IDS: [&str; 4] = ["s0", "s1", "s2", "s3"];
+    let settings = Settings {
+        policy: Policy {
+            min_expires: 60,
+            default_expires: 3600,
+            max_expires: 7200,
+            sip_domain: "example.com".into(),
+        },
+        notify_policy: NotifyPolicy {
+            min_interval: Duration::from_millis(u.int_in_range(0..=2_000)?),
+            full_only: u.ratio(1, 4)?,
+            max_body_bytes: u.int_in_range(300..=65_536)?,
+            show_cancelled: true,
+        },
+        default_window: Default::default(),
+        auth: u.arbitrary()?,
+        trust_flow_identity: u.arbitrary()?,
+        proxy: "192.0.2.1:1".into(),
+    };
+    let metrics = Metrics::default();
+    let mut machine = Session::new(settings, metrics.clone());
+    let mut now = Now {
+        at: Instant::now(),
+        wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000),
+    };
+    let mut docs: HashMap<String, Arc<UserDoc>> = HashMap::new();
+    for user in &USERS[..2] {
+        let doc = UserDoc {
+            revision: 0,
+            conferences: Arc::new(conferences(u)?),
+            changed_at: None,
+        };
+        docs.insert((*user).to_owned(), Arc::new(doc));
+    }
+    let mut next_request = 0u64;
+    let mut asked: HashMap<u64, Asked> = HashMap::new();
+    let mut live: HashMap<String, Live> = HashMap::new();
+    // Sign-ins and loads the machine asked for, not reported yet (`None`: a sign-in).
+    let mut jobs: Vec<(Ticket, Option<String>)> = Vec::new();
+    // Cache attachments per user: loads reported done, less releases.
+    let mut attached: HashMap<String, usize> = HashMap::new();
+    for _ in 0..u.int_in_range(0..=64)? {
+        let id = IDS[u.int_in_range(0..=3)?].to_owned();
+        let mut admin = false;
+        let input = match u.int_in_range(0..=9)? {
+            0 | 1 => {
+                next_request += 1;
+                let user = USERS[u.int_in_range(0..=2)?].to_owned();
+                let resume_version = if u.ratio(1, 4)? {
+                    Some(u.int_in_range(0..=1_000)?)
+                } else {
+                    None
+                };
+                let first = resume_version.map_or(0, |v: u64| v + 1);
+                asked.insert(
+                    next_request,
+                    Asked::Subscribe {
+                        id: id.clone(),
+                        first,
+                    },
+                );
+                Input::Subscribe(session::Subscribe {
+                    id,
+                    request_id: next_request,
+                    request: SubscribeRequest {
+                        requester: if u.ratio(7, 8)? {
+                            user.clone()
+                        } else {
+                            aor(u)?
+                        },
+                        subscriber: user,
+                        event: "conference-list".into(),
+                        accept: vec![],
+                        expires: *u.choose(&[None, Some(0), Some(30), Some(600), Some(100_000)])?,
+                        window: Default::default(),
+                    },
+                    credentials: u.ratio(1, 2)?.then(|| Credentials::Bearer("t".into())),
+                    flow_identity: if u.arbitrary()? { Some(aor(u)?) } else { None },
+                    client_address: "198.51.100.1:1".into(),
+                    resume_version,
+                    max_body_bytes: None,
+                })
+            }
+            2 => {
+                next_request += 1;
+                asked.insert(next_request, Asked::Refresh);
+                Input::Refresh(session::Refresh {
+                    id,
+                    request_id: next_request,
+                    expires: *u.choose(&[None, Some(0), Some(30), Some(600)])?,
+                    credentials: u.ratio(1, 3)?.then(|| Credentials::Bearer("t".into())),
+                    client_address: "198.51.100.1:1".into(),
+                })
+            }
+            3 => {
+                live.remove(&id);
+                Input::Unsubscribe { id }
+            }
+            4 => {
+                let version = match machine.subscription(&id).and_then(|s| s.in_flight()) {
+                    Some(v) if u.ratio(3, 4)? => v,
+                    _ => u.int_in_range(0..=3)?,
+                };
+                let outcome = *u.choose(&[
+                    Delivery::Accepted,
+                    Delivery::Accepted,
+                    Delivery::Accepted,
+                    Delivery::Rejected,
+                    Delivery::TimedOut,
+                ])?;
+                if let Some(l) = live.get_mut(&id) {
+                    if outcome != Delivery::Accepted {
+                        live.remove(&id);
+                    } else if l.in_flight.is_some_and(|(v, _)| v == version) {
+                        l.in_flight = None;
+                    }
+                }
+                Input::Delivered {
+                    id,
+                    version,
+                    outcome,
+                }
+            }
+            5 if !jobs.is_empty() => {
+                let (ticket, load) = jobs.remove(u.choose_index(jobs.len())?);
+                match load {
+                    Some(user) => {
+                        let result = match u.int_in_range(0..=5)? {
+                            0 => Err(AttachError::TooMany),
+                            1 => Err(AttachError::Directory(DirectoryError::PostgresOnly)),
+                            _ => {
+                                *attached.entry(user).or_default() += 1;
+                                Ok(())
+                            }
+                        };
+                        Input::Loaded { ticket, result }
+                    }
+                    None => {
+                        let verdict = match u.int_in_range(0..=4)? {
+                            0 => Err(DirectoryError::PostgresOnly),
+                            1 => Ok(Verdict {
+                                outcome: Outcome::Challenge {
+                                    stale: u.arbitrary()?,
+                                },
+                                label: Label::Failed,
+                            }),
+                            2 => Ok(Verdict {
+                                outcome: Outcome::Throttled { retry_after: 9 },
+                                label: Label::Throttled,
+                            }),
+                            _ => Ok(Verdict {
+                                outcome: Outcome::Authenticated { identity: aor(u)? },
+                                label: Label::Ok,
+                            }),
+                        };
+                        Input::Verified { ticket, verdict }
+                    }
+                }
+            }
+            6 => {
+                let user = USERS[u.int_in_range(0..=1)?].to_owned();
+                let revision = docs.get(&user).map_or(0, |d| d.revision + 1);
+                let ago = Duration::from_millis(u.int_in_range(0..=10_000)?);
+                let doc = UserDoc {
+                    revision,
+                    conferences: Arc::new(conferences(u)?),
+                    changed_at: u.arbitrary::<bool>()?.then(|| now.wall - ago),
+                };
+                docs.insert(user.clone(), Arc::new(doc));
+                Input::UsersChanged(HashSet::from([user]))
+            }
+            7 => {
+                admin = true;
+                Input::Admin(if u.arbitrary()? {
+                    AdminQuery::List { user: None }
+                } else {
+                    AdminQuery::Resend {
+                        user: USERS[u.int_in_range(0..=2)?].to_owned(),
+                    }
+                })
+            }
+            _ => {
+                now = now.after(Duration::from_millis(u.int_in_range(0..=90_000)?));
+                Input::Deadline
+            }
+        };
+        let outputs = machine.handle(input, now, &docs);
+        let admin_answers = outputs
+            .iter()
+            .filter(|o| matches!(o, Output::Admin(_)))
+            .count();
+        assert_eq!(
+            admin_answers,
+            usize::from(admin),
+            "one admin answer per command"
+        );
+        for output in outputs {
+            match output {
+                Output::Answer(a) => {
+                    let request = asked.remove(&a.request_id);
+                    assert!(request.is_some(), "answered twice or never asked: {a:?}");
+                    if let (Some(Asked::Subscribe { id, first }), Reply::Ok { .. }) =
+                        (request, &a.reply)
+                    {
+                        assert_eq!(id, a.id);
+                        let fresh = live.insert(
+                            id,
+                            Live {
+                                next: first,
+                                in_flight: None,
+                            },
+                        );
+                        assert!(fresh.is_none(), "admitted twice: {}", a.id);
+                    }
+                }
+                Output::Notify(n) => {
+                    let Some(l) = live.get_mut(&n.id) else {
+                        panic!("a Notification before its OK Answer or after its end: {n:?}")
+                    };
+                    assert_eq!(n.version, l.next, "versions go up by one");
+                    l.next += 1;
+                    match n.state {
+                        session::State::Terminated(_) => {
+                            live.remove(&n.id);
+                        }
+                        session::State::Active { .. } => {
+                            if let Some((v, at)) = l.in_flight {
+                                assert!(
+                                    now.at >= at + STALE_IN_FLIGHT,
+                                    "v{} overtook v{v} in flight",
+                                    n.version
+                                );
+                            }
+                            l.in_flight = Some((n.version, now.at));
+                        }
+                    }
+                }
+                Output::Verify(v) => jobs.push((v.ticket, None)),
+                Output::Load { ticket, user } => jobs.push((ticket, Some(user))),
+                Output::Release { user } => {
+                    let n = attached.entry(user).or_default();
+                    assert!(*n > 0, "released more than was attached");
+                    *n -= 1;
+                }
+                Output::Admin(_) => {}
+                Output::End => panic!("ended without a shutdown"),
+            }
+        }
+        // The cache holds each user once per live subscription of this session.
+        for user in &USERS {
+            let held = IDS
+                .iter()
+                .filter(|id| {
+                    machine
+                        .subscription(id)
+                        .is_some_and(|s| s.subscriber() == *user)
+                })
+                .count();
+            assert_eq!(
+                attached.get(*user).copied().unwrap_or(0),
+                held,
+                "attachments of {user}"
+            );
+        }
+        assert_eq!(metrics.subscriptions.get(), machine.len() as i64);
+    }
+    // Shutdown: every live subscription ends, deactivated, and the session ends last.
+    let outputs = machine.handle(Input::Shutdown, now, &docs);
+    assert_eq!(outputs.last(), Some(&Output::End));
+    for output in &outputs {
+        if let Output::Notify(n) = output {
+            assert_eq!(
+                n.state,
+                session::State::Terminated(session::Reason::Deactivated)
+            );
+            let l = live.remove(&n.id).expect("a live subscription");
+            assert_eq!(n.version, l.next);
+        }
+    }
+    assert!(
+        live.is_empty(),
+        "not deactivated: {:?}",
+        live.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(metrics.subscriptions.get(), 0);
     Ok(())
 }
 

@@ -87,20 +87,26 @@ impl Directory {
         username: &str,
         realm: &str,
     ) -> Result<Option<StoredCredentials>, DirectoryError> {
-        let result = match &self.db {
+        let result = match self.reader() {
             Db::Postgres(pool) => {
-                sqlx::query_as::<_, StoredCredentials>(POSTGRES_SELECT)
-                    .bind(username)
-                    .bind(realm)
-                    .fetch_optional(pool)
-                    .await
+                self.timed(
+                    "credentials",
+                    sqlx::query_as::<_, StoredCredentials>(POSTGRES_SELECT)
+                        .bind(username)
+                        .bind(realm)
+                        .fetch_optional(pool),
+                )
+                .await
             }
             Db::Sqlite(pool) => {
-                sqlx::query_as::<_, StoredCredentials>(SQLITE_SELECT)
-                    .bind(username)
-                    .bind(realm)
-                    .fetch_optional(pool)
-                    .await
+                self.timed(
+                    "credentials",
+                    sqlx::query_as::<_, StoredCredentials>(SQLITE_SELECT)
+                        .bind(username)
+                        .bind(realm)
+                        .fetch_optional(pool),
+                )
+                .await
             }
         };
         match result {
@@ -118,7 +124,7 @@ impl Directory {
         }
     }
 
-    /// Inserts or replaces the row of (`username`, `realm`).
+    /// Inserts or replaces the row of (`username`, `realm`), on the primary.
     pub async fn set_credentials(&self, c: &NewCredentials<'_>) -> Result<(), DirectoryError> {
         match &self.db {
             Db::Postgres(pool) => {

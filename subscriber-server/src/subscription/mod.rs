@@ -9,7 +9,7 @@ mod notify;
 mod registry;
 pub mod view;
 
-pub use notify::{DEFAULT_MAX_BODY_BYTES, NotifyPolicy, Plan, STALE_IN_FLIGHT, plan};
+pub use notify::{DEFAULT_MAX_BODY_BYTES, NotifyPolicy, Plan, STALE_IN_FLIGHT};
 pub use registry::{Delivered, Registry, Subscription};
 pub use view::Window;
 

@@ -54,10 +54,29 @@ pub enum Plan {
     Send(ConferenceList),
 }
 
-/// Decides for `sub` given the user's `latest` list at `now` (`wall`: the same instant on
-/// the wall clock, for windows and order); `owed` marks a refresh that must be answered
-/// with a NOTIFY even if nothing changed. Updates `sub`'s delivery state.
-pub fn plan(
+impl Subscription {
+    /// Decides what to send given the user's `latest` list at `now` (`wall`: the same
+    /// instant on the wall clock, for windows and order); `owed` marks a refresh that must
+    /// be answered with a NOTIFY even if nothing changed. Updates the delivery state: a
+    /// document sent is recorded as sent and in flight. Bodies stay within the smaller of
+    /// `policy`'s cap and the subscription's own.
+    pub fn plan(
+        &mut self,
+        latest: &Arc<Vec<Conference>>,
+        now: Instant,
+        wall: DateTime<Utc>,
+        owed: bool,
+        mut policy: NotifyPolicy,
+    ) -> Plan {
+        if let Some(max) = self.max_body_bytes {
+            policy.max_body_bytes = policy.max_body_bytes.min(max);
+        }
+        plan(self, latest, now, wall, owed, policy)
+    }
+}
+
+/// [`Subscription::plan`].
+fn plan(
     sub: &mut Subscription,
     latest: &Arc<Vec<Conference>>,
     now: Instant,
@@ -97,6 +116,7 @@ pub fn plan(
     let current = sub.sent.as_ref().is_some_and(|s| Arc::ptr_eq(s, &shown));
     if current && !sub.owed {
         sub.pending = false;
+        sub.unsent_change = None;
         return Plan::Nothing;
     }
     if !sub.owed
@@ -120,6 +140,7 @@ pub fn plan(
                 sub.sent = Some(shown);
                 sub.pending = false;
                 sub.continuing = false;
+                sub.unsent_change = None;
                 return Plan::Nothing;
             }
             Some(changes)
@@ -146,7 +167,7 @@ pub fn plan(
 
     // As many as fit in one body, nearest first; at least one, so a state always moves on.
     let mut doc = ConferenceList {
-        entity: sub.subscriber.clone(),
+        entity: sub.subscriber().to_owned(),
         version: sub.take_version(),
         state,
         entries: Vec::new(),
@@ -194,7 +215,7 @@ fn next_part(
     policy: NotifyPolicy,
 ) -> Plan {
     let mut doc = ConferenceList {
-        entity: sub.subscriber.clone(),
+        entity: sub.subscriber().to_owned(),
         version: sub.take_version(),
         state: DocumentState::Partial,
         entries: Vec::new(),
@@ -348,7 +369,7 @@ mod tests {
         let mut sub =
             Subscription::new("sip:a@example.com".into(), t0 + Duration::from_secs(60), 0);
         let v0 = list(&["a", "b", "c", "d", "e", "f"]);
-        let d = sent(plan(&mut sub, &v0, t0, wall(), false, POLICY));
+        let d = sent(sub.plan(&v0, t0, wall(), false, POLICY));
         assert_eq!(
             (d.version, d.state, d.entries.len()),
             (0, DocumentState::Full, 6)
@@ -357,7 +378,7 @@ mod tests {
         // In flight: a change only marks the subscription pending (and arms the stale check).
         let v1 = list(&["a", "B", "c", "d", "e", "f"]);
         assert_eq!(
-            plan(&mut sub, &v1, t0, wall(), false, POLICY),
+            sub.plan(&v1, t0, wall(), false, POLICY),
             Plan::Defer(t0 + STALE_IN_FLIGHT)
         );
         assert!(sub.pending);
@@ -366,27 +387,20 @@ mod tests {
         sub.in_flight = None;
         let t1 = t0 + Duration::from_millis(50);
         assert_eq!(
-            plan(&mut sub, &v1, t1, wall(), false, POLICY),
+            sub.plan(&v1, t1, wall(), false, POLICY),
             Plan::Defer(t0 + Duration::from_millis(200))
         );
 
         // Due: a partial with only the changed conference.
         let t2 = t0 + Duration::from_millis(200);
-        let d = sent(plan(&mut sub, &v1, t2, wall(), false, POLICY));
+        let d = sent(sub.plan(&v1, t2, wall(), false, POLICY));
         assert_eq!((d.version, d.state), (1, DocumentState::Partial));
         assert_eq!(d.entries, vec![Entry::Full(conf(1, "B"))]);
 
         // Nothing new: nothing sent.
         sub.in_flight = None;
         assert_eq!(
-            plan(
-                &mut sub,
-                &v1,
-                t2 + Duration::from_secs(1),
-                wall(),
-                false,
-                POLICY
-            ),
+            sub.plan(&v1, t2 + Duration::from_secs(1), wall(), false, POLICY),
             Plan::Nothing
         );
     }
@@ -396,16 +410,9 @@ mod tests {
         let t0 = Instant::now();
         let mut sub = Subscription::new("sip:a@example.com".into(), t0, 4);
         let v = list(&["a", "b", "c"]);
-        sent(plan(&mut sub, &v, t0, wall(), false, POLICY));
+        sent(sub.plan(&v, t0, wall(), false, POLICY));
         sub.in_flight = None;
-        let d = sent(plan(
-            &mut sub,
-            &v,
-            t0 + Duration::from_millis(1),
-            wall(),
-            true,
-            POLICY,
-        ));
+        let d = sent(sub.plan(&v, t0 + Duration::from_millis(1), wall(), true, POLICY));
         assert_eq!((d.version, d.state), (5, DocumentState::Partial));
         assert!(
             d.entries.is_empty(),
@@ -417,29 +424,15 @@ mod tests {
     fn a_notification_never_answered_does_not_block_the_subscription_forever() {
         let t0 = Instant::now();
         let mut sub = Subscription::new("sip:a@example.com".into(), t0, 0);
-        sent(plan(
-            &mut sub,
-            &list(&["a", "b", "c"]),
-            t0,
-            wall(),
-            false,
-            POLICY,
-        ));
+        sent(sub.plan(&list(&["a", "b", "c"]), t0, wall(), false, POLICY));
         let v1 = list(&["a", "B", "c"]);
         let before = t0 + STALE_IN_FLIGHT - Duration::from_millis(1);
         assert_eq!(
-            plan(&mut sub, &v1, before, wall(), false, POLICY),
+            sub.plan(&v1, before, wall(), false, POLICY),
             Plan::Defer(t0 + STALE_IN_FLIGHT)
         );
         // The answer (Delivered) was lost: after the stale limit, full state goes out.
-        let d = sent(plan(
-            &mut sub,
-            &v1,
-            t0 + STALE_IN_FLIGHT,
-            wall(),
-            false,
-            POLICY,
-        ));
+        let d = sent(sub.plan(&v1, t0 + STALE_IN_FLIGHT, wall(), false, POLICY));
         assert_eq!(
             (d.version, d.state, d.entries.len()),
             (1, DocumentState::Full, 3)
@@ -451,11 +444,11 @@ mod tests {
         let t0 = Instant::now();
         let mut sub = Subscription::new("sip:a@example.com".into(), t0, 0);
         let before = list(&["a", "b", "c", "d"]);
-        sent(plan(&mut sub, &before, t0, wall(), false, POLICY));
+        sent(sub.plan(&before, t0, wall(), false, POLICY));
         sub.in_flight = None;
         let after = Arc::new(before[..3].to_vec());
         let later = t0 + Duration::from_secs(1);
-        let d = sent(plan(&mut sub, &after, later, wall(), false, POLICY));
+        let d = sent(sub.plan(&after, later, wall(), false, POLICY));
         assert_eq!(
             d.entries,
             vec![Entry::Deleted {
@@ -469,8 +462,7 @@ mod tests {
             ..POLICY
         };
         sub.in_flight = None;
-        let d = sent(plan(
-            &mut sub,
+        let d = sent(sub.plan(
             &before,
             later + Duration::from_secs(1),
             wall(),
@@ -486,23 +478,13 @@ mod tests {
         let t0 = Instant::now();
         let mut sub = Subscription::new("sip:a@example.com".into(), t0, 0);
         let v0 = list(&["a", "b", "c"]);
-        assert_eq!(
-            sent(plan(&mut sub, &v0, t0, wall(), false, POLICY)).version,
-            0
-        );
+        assert_eq!(sent(sub.plan(&v0, t0, wall(), false, POLICY)).version, 0);
         assert_eq!(sub.delivered(7), Delivered::Stale, "not what is in flight");
         assert_eq!(sub.in_flight, Some(0));
 
         // Version 0 counts as lost; version 1 goes out as full state.
         let v1 = list(&["a", "B", "c"]);
-        let d = sent(plan(
-            &mut sub,
-            &v1,
-            t0 + STALE_IN_FLIGHT,
-            wall(),
-            false,
-            POLICY,
-        ));
+        let d = sent(sub.plan(&v1, t0 + STALE_IN_FLIGHT, wall(), false, POLICY));
         assert_eq!((d.version, d.state), (1, DocumentState::Full));
         // The late answer to version 0 must not let version 2 overtake version 1.
         assert_eq!(sub.delivered(0), Delivered::Stale);
@@ -510,7 +492,7 @@ mod tests {
         let v2 = list(&["a", "B", "C"]);
         let later = t0 + STALE_IN_FLIGHT + Duration::from_secs(1);
         assert!(matches!(
-            plan(&mut sub, &v2, later, wall(), false, POLICY),
+            sub.plan(&v2, later, wall(), false, POLICY),
             Plan::Defer(_)
         ));
         assert_eq!(
@@ -520,10 +502,7 @@ mod tests {
         );
         assert_eq!(sub.in_flight, None);
         assert_eq!(sub.delivered(1), Delivered::Stale, "answered once");
-        assert_eq!(
-            sent(plan(&mut sub, &v2, later, wall(), false, POLICY)).version,
-            2
-        );
+        assert_eq!(sent(sub.plan(&v2, later, wall(), false, POLICY)).version, 2);
     }
 
     fn dated(n: u32, start: &str) -> Conference {
@@ -557,7 +536,7 @@ mod tests {
         let mut versions = Vec::new();
         let mut parts = Vec::new();
         loop {
-            let doc = sent(plan(&mut sub, &latest, t0, wall(), false, policy));
+            let doc = sent(sub.plan(&latest, t0, wall(), false, policy));
             assert!(doc.render().len() <= 4096);
             versions.push(doc.version);
             held = document::apply(&held, None, &doc).unwrap();
@@ -597,7 +576,7 @@ mod tests {
         let mut sub =
             Subscription::new("sip:a@example.com".into(), t0 + Duration::from_secs(60), 0);
         let v0: Arc<Vec<Conference>> = Arc::new((0..100).map(|n| conf(n, "a")).collect());
-        let first = sent(plan(&mut sub, &v0, t0, wall(), false, policy));
+        let first = sent(sub.plan(&v0, t0, wall(), false, policy));
         let mut held = document::apply(&[], None, &first).unwrap();
         let sent_first: Vec<String> = first
             .entries
@@ -612,7 +591,7 @@ mod tests {
         let v1 = Arc::new(v1);
         sub.delivered(first.version);
         loop {
-            let doc = sent(plan(&mut sub, &v1, t0, wall(), false, policy));
+            let doc = sent(sub.plan(&v1, t0, wall(), false, policy));
             held = document::apply(&held, None, &doc).unwrap();
             sub.delivered(doc.version);
             if doc.complete {
@@ -636,7 +615,7 @@ mod tests {
         let mut ending = dated(1, "2026-12-01T11:00:00Z");
         ending.schedule.end = Some("2026-12-01T12:00:30Z".into());
         let latest = Arc::new(vec![ending, conf(2, "undated")]);
-        let d = sent(plan(&mut sub, &latest, t0, wall(), false, POLICY));
+        let d = sent(sub.plan(&latest, t0, wall(), false, POLICY));
         assert_eq!(d.entries.len(), 2);
         let review = sub.review_at().unwrap();
         assert_eq!(
@@ -647,24 +626,10 @@ mod tests {
         // Nothing changes before then.
         let before = review - chrono::Duration::seconds(1);
         assert_eq!(
-            plan(
-                &mut sub,
-                &latest,
-                t0 + Duration::from_secs(1),
-                before,
-                false,
-                POLICY
-            ),
+            sub.plan(&latest, t0 + Duration::from_secs(1), before, false, POLICY),
             Plan::Nothing
         );
-        let d = sent(plan(
-            &mut sub,
-            &latest,
-            t0 + Duration::from_secs(2),
-            review,
-            false,
-            POLICY,
-        ));
+        let d = sent(sub.plan(&latest, t0 + Duration::from_secs(2), review, false, POLICY));
         assert_eq!(
             d.entries,
             vec![Entry::Deleted {
@@ -708,7 +673,7 @@ mod tests {
                 for part in 0.. {
                     proptest::prop_assert!(part < 100, "a state never completed");
                     sub.in_flight = None;
-                    match plan(&mut sub, &latest, now, wall(), false, policy) {
+                    match sub.plan(&latest, now, wall(), false, policy) {
                         Plan::Send(doc) => {
                             let body = doc.render();
                             // One conference alone may exceed a tiny cap; never two.
@@ -759,7 +724,7 @@ mod tests {
             let mut latest = Arc::new(Vec::new());
             let mut receive = |sub: &mut Subscription, latest: &Arc<Vec<Conference>>, now| {
                 sub.in_flight = None;
-                match plan(sub, latest, now, wall(), false, policy) {
+                match sub.plan(latest, now, wall(), false, policy) {
                     Plan::Send(doc) => {
                         let body = doc.render();
                         assert!(body.len() <= max_body_bytes || doc.entries.len() == 1);

@@ -5,64 +5,76 @@ use super::view::{View, Window};
 use document::{Conference, Entry};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
-/// One live subscription as the notifier sees it.
+/// One live subscription as the notifier sees it: whose list, until when, and its delivery
+/// state (what the client holds, the Notification in flight, rate control, the versions
+/// sent and answered). Only its own methods and [`Subscription::plan`] change that state.
 #[derive(Debug, Clone)]
 pub struct Subscription {
     /// Address of record whose list this is.
-    pub subscriber: String,
+    subscriber: String,
     /// Who signed in when it was created (`None` with authentication off); refreshes that
     /// carry credentials must sign in as the same identity.
-    pub identity: Option<String>,
-    /// When it ends unless refreshed.
-    pub expires_at: Instant,
+    identity: Option<String>,
+    /// When it ends unless refreshed (the registry indexes it).
+    expires_at: Instant,
+    /// When it was admitted, Unix seconds (for the admin API).
+    since: u64,
     /// Version the next Notification carries (per subscription, RFC 4575 style).
     next_version: u64,
+    /// The version of the last Notification (`None` before the first).
+    last_version: Option<u64>,
+    /// The last version the client accepted (`None` before the first answer).
+    last_delivered: Option<u64>,
     /// The list as the client holds it after the last Notification (shared with the
     /// cache while current, so an up-to-date subscription costs one pointer).
-    pub sent: Option<Arc<Vec<Conference>>>,
+    pub(super) sent: Option<Arc<Vec<Conference>>>,
     /// The version of the Notification awaiting the client's answer (one transaction at a
     /// time); only a `Delivered` for this version clears it.
-    pub in_flight: Option<u64>,
+    pub(super) in_flight: Option<u64>,
     /// Newer state is waiting (behind the one in flight, or for the rate limit).
-    pub pending: bool,
+    pub(super) pending: bool,
     /// A NOTIFY is owed even if nothing changed (a refresh, RFC 6665 §4.2.1.2).
-    pub owed: bool,
+    pub(super) owed: bool,
     /// When the last Notification was sent (rate control).
-    pub last_sent: Option<Instant>,
+    pub(super) last_sent: Option<Instant>,
     /// The part of the list asked for.
-    pub window: Window,
+    pub(super) window: Window,
     /// The largest body the client's transport carries, if below the server's cap.
-    pub max_body_bytes: Option<usize>,
+    pub(super) max_body_bytes: Option<usize>,
     /// The list as this subscription shows it (window, hidden cancelled meetings), kept
     /// while it holds.
-    pub view: Option<View>,
+    pub(super) view: Option<View>,
     /// The last Notification left a large state incomplete: the next part goes out as soon
     /// as it is answered, not held back by the rate limit.
-    pub continuing: bool,
+    pub(super) continuing: bool,
     /// A fetch (`Expires: 0`): it ends when its state has gone out.
-    pub fetch: bool,
+    fetch: bool,
     /// The rest of a large state being sent in parts; while set, it (not `sent`) says what
     /// the client holds.
-    pub backlog: Option<Backlog>,
+    pub(super) backlog: Option<Backlog>,
+    /// The revision of the user's list last planned from (see [`Subscription::note_revision`]).
+    revision: Option<u64>,
+    /// When the oldest change not yet sent to the client was committed, if known.
+    pub(super) unsent_change: Option<SystemTime>,
 }
 
 /// The parts of a large state not sent yet.
 #[derive(Debug, Clone)]
-pub struct Backlog {
+pub(super) struct Backlog {
     /// The list the parts complete.
-    pub shown: Arc<Vec<Conference>>,
+    pub(super) shown: Arc<Vec<Conference>>,
     /// What the client held before the first part (`None`: nothing, a full document).
-    pub base: Option<Arc<Vec<Conference>>>,
+    pub(super) base: Option<Arc<Vec<Conference>>>,
     /// The entries still to send, nearest first.
-    pub rest: VecDeque<Entry>,
+    pub(super) rest: VecDeque<Entry>,
 }
 
 impl Backlog {
     /// What the client holds now: `shown` with the entries not sent yet undone.
-    pub fn held(&self) -> Vec<Conference> {
+    pub(super) fn held(&self) -> Vec<Conference> {
         let base: HashMap<&str, &Conference> = self
             .base
             .iter()
@@ -89,7 +101,10 @@ impl Subscription {
             subscriber,
             identity: None,
             expires_at,
+            since: 0,
             next_version: first_version,
+            last_version: None,
+            last_delivered: None,
             sent: None,
             in_flight: None,
             pending: false,
@@ -101,13 +116,16 @@ impl Subscription {
             continuing: false,
             fetch: false,
             backlog: None,
+            revision: None,
+            unsent_change: None,
         }
     }
 
-    /// Forgets what the client holds: the next Notification is full state.
-    pub fn forget_sent(&mut self) {
-        self.sent = None;
-        self.backlog = None;
+    /// The same subscription bound to `identity`.
+    #[must_use]
+    pub fn with_identity(mut self, identity: Option<String>) -> Self {
+        self.identity = identity;
+        self
     }
 
     /// The same subscription showing `window` of the list.
@@ -125,17 +143,76 @@ impl Subscription {
         self
     }
 
+    /// The same subscription as a fetch (RFC 6665 §4.4.3): it ends with the last part of
+    /// its state.
+    #[must_use]
+    pub fn with_fetch(mut self, fetch: bool) -> Self {
+        self.fetch = fetch;
+        self
+    }
+
+    /// The same subscription admitted at `since` (Unix seconds).
+    #[must_use]
+    pub fn with_since(mut self, since: u64) -> Self {
+        self.since = since;
+        self
+    }
+
+    /// Address of record whose list this is.
+    pub fn subscriber(&self) -> &str {
+        &self.subscriber
+    }
+
+    /// Who signed in when it was created (`None` with authentication off).
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
+    }
+
+    /// When it ends unless refreshed.
+    pub fn expires_at(&self) -> Instant {
+        self.expires_at
+    }
+
+    /// Whether it is a fetch, which ends once its state has gone out.
+    pub fn is_fetch(&self) -> bool {
+        self.fetch
+    }
+
+    /// When it was admitted, Unix seconds.
+    pub fn since(&self) -> u64 {
+        self.since
+    }
+
+    /// The version of the Notification awaiting the client's answer.
+    pub fn in_flight(&self) -> Option<u64> {
+        self.in_flight
+    }
+
+    /// When the last Notification was sent.
+    pub fn last_sent(&self) -> Option<Instant> {
+        self.last_sent
+    }
+
+    /// The version of the last Notification (`None` before the first).
+    pub fn last_version(&self) -> Option<u64> {
+        self.last_version
+    }
+
+    /// The last version the client accepted (`None` before the first answer).
+    pub fn last_delivered(&self) -> Option<u64> {
+        self.last_delivered
+    }
+
+    /// Forgets what the client holds: the next Notification is full state.
+    pub fn forget_sent(&mut self) {
+        self.sent = None;
+        self.backlog = None;
+    }
+
     /// When the shown part of the list next changes with time alone (a conference enters
     /// or leaves the window): plan again then.
     pub fn review_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         self.view.as_ref().and_then(|v| v.valid_until)
-    }
-
-    /// The same subscription bound to `identity`.
-    #[must_use]
-    pub fn with_identity(mut self, identity: Option<String>) -> Self {
-        self.identity = identity;
-        self
     }
 
     /// The client accepted the Notification of `version`. Only the one in flight counts: a
@@ -146,6 +223,7 @@ impl Subscription {
             return Delivered::Stale;
         }
         self.in_flight = None;
+        self.last_delivered = Some(version);
         Delivered::Current {
             follow_up: self.pending || self.owed,
         }
@@ -155,7 +233,25 @@ impl Subscription {
     pub fn take_version(&mut self) -> u64 {
         let v = self.next_version;
         self.next_version = v.saturating_add(1);
+        self.last_version = Some(v);
         v
+    }
+
+    /// The user's list is at `revision`, committed at `changed_at` (`None`: not a logged
+    /// change, e.g. a load). The first revision a subscription plans from is what it was
+    /// admitted with; a later one is a change the client has not seen until a Notification
+    /// carries it (see [`Subscription::take_unsent_change`]).
+    pub fn note_revision(&mut self, revision: u64, changed_at: Option<SystemTime>) {
+        if self.revision.is_some_and(|seen| revision > seen) {
+            self.unsent_change = self.unsent_change.or(changed_at);
+        }
+        self.revision = Some(self.revision.map_or(revision, |seen| seen.max(revision)));
+    }
+
+    /// When the oldest change the Notification just planned carries was committed: taken
+    /// once, so commit-to-notify latency is observed for the first Notification only.
+    pub fn take_unsent_change(&mut self) -> Option<SystemTime> {
+        self.unsent_change.take()
     }
 
     /// Whole seconds left at `now`, rounded up so that a client never sees 0 while active.
@@ -219,6 +315,11 @@ impl Registry {
     /// Read access.
     pub fn get(&self, id: &str) -> Option<&Subscription> {
         self.subs.get(id)
+    }
+
+    /// Every live subscription, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Subscription)> {
+        self.subs.iter().map(|(id, sub)| (id.as_str(), sub))
     }
 
     /// Mutable access.
@@ -374,6 +475,22 @@ mod tests {
             vec!["a".to_owned()]
         );
         assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(100)));
+    }
+
+    #[test]
+    fn a_revision_after_the_first_is_an_unsent_change_until_taken() {
+        let t0 = Instant::now();
+        let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let mut s = sub("u", t0, 0);
+        s.note_revision(3, Some(at(100)));
+        assert_eq!(s.take_unsent_change(), None, "what it was admitted with");
+        s.note_revision(4, Some(at(101)));
+        s.note_revision(5, Some(at(102)));
+        assert_eq!(s.take_unsent_change(), Some(at(101)), "the oldest not sent");
+        assert_eq!(s.take_unsent_change(), None, "taken once");
+        s.note_revision(5, Some(at(102)));
+        s.note_revision(4, Some(at(101)));
+        assert_eq!(s.take_unsent_change(), None, "nothing newer");
     }
 
     #[test]
