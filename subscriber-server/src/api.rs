@@ -363,6 +363,9 @@ impl SessionTask {
         };
         let dropped = self.machine.len();
         let _ = self.step(Input::Closed);
+        // Loads still running would attach their users to this session after it is gone
+        // (and pin those cache entries): end them first.
+        self.tasks.shutdown().await;
         self.ctx.metrics.sessions.dec();
         self.ctx.cache.unregister_session(self.key);
         info!(reason = outcome, dropped, "proxy session closed");

@@ -123,6 +123,11 @@ impl Health {
         self.state.lock().await.started
     }
 
+    /// Whether the probes say the database is reachable (two failures in a row say not).
+    pub async fn is_reachable(&self) -> bool {
+        self.state.lock().await.reachable
+    }
+
     /// SIGTERM: NOT_SERVING from now on, whatever the probe says.
     pub async fn drain(&self) {
         self.update(|s| s.draining = true).await;
@@ -149,7 +154,7 @@ pub async fn probe(
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let result = match tokio::time::timeout(PROBE_TIMEOUT, directory.ping()).await {
+        let result = match tokio::time::timeout(PROBE_TIMEOUT, directory.probe()).await {
             Ok(r) => r,
             Err(_) => Err(DirectoryError::Timeout(PROBE_TIMEOUT)),
         };

@@ -201,16 +201,20 @@ pub async fn run_with(
     let admin_token = token.clone();
     let admin_api = admin::router(hub.clone(), secrets.admin_token);
     let ready_health = health.clone();
-    let ready_directory = directory.clone();
     let admin_task = tokio::spawn(async move {
+        // Ready as the health probe last saw the database (every second): a readiness
+        // check answers at once instead of waiting on a pool during an outage.
         let ready: conflist_service::ReadinessCheck = Arc::new(move || {
-            let directory = ready_directory.clone();
             let health = ready_health.clone();
             Box::pin(async move {
                 if !health.is_started().await {
                     return Err("starting: database not reachable yet");
                 }
-                directory.ping().await.map_err(|_| "database unreachable")
+                if health.is_reachable().await {
+                    Ok(())
+                } else {
+                    Err("database unreachable")
+                }
             })
         });
         let router = conflist_service::admin_router(registry, ready, env!("CARGO_PKG_VERSION"));

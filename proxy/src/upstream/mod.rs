@@ -26,7 +26,7 @@ use crate::metrics::{Metrics, ReattachLabel, ServerStateLabel};
 use crate::notifier::{Answer, Command, Event, Notification, Reason, SubscriptionId, Verdict};
 use proto::v1::subscription_service_client::SubscriptionServiceClient;
 use proto::v1::{ProxyMessage, ServerMessage};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -95,6 +95,10 @@ const RETRY_AFTER_LOST: u32 = 1;
 /// forth).
 const BALANCE_TICK: Duration = Duration::from_millis(250);
 const SETTLE: Duration = Duration::from_secs(1);
+/// How long a server must have said NOT_SERVING before its subscriptions move: longer than
+/// the spread between servers noticing one database outage (two failed probes a second
+/// apart, each up to 2 s), so that a shared outage is seen as one.
+const OUT_HOLD: Duration = Duration::from_secs(3);
 /// Subscriptions moved per tick at most, so that a new server is not flooded.
 const MOVES_PER_TICK: usize = 1000;
 /// How often subscriptions whose re-attach was refused (no server holds them) are retried.
@@ -135,6 +139,9 @@ struct Route {
     /// A re-attach was refused for a passing reason (the new server's database is down, it
     /// is overloaded): no server holds the subscription; the balancer tries again.
     detached: bool,
+    /// It was re-attached at least once: when its dialog goes, the server holding it is
+    /// told (the dialog may have said goodbye to the server it knew first).
+    moved: bool,
 }
 
 impl Route {
@@ -151,6 +158,7 @@ impl Route {
             ended: false,
             reattach: None,
             detached: false,
+            moved: false,
         }
     }
 
@@ -170,50 +178,48 @@ impl Routes {
         lock(&self.0).insert(sub, Route::new(server, conn));
     }
 
-    fn remove(&self, sub: &str) -> bool {
-        lock(&self.0).remove(sub).is_some()
-    }
-
-    fn is_detached(&self, sub: &str) -> bool {
-        lock(&self.0).get(sub).is_some_and(|r| r.detached)
-    }
-
-    fn server_of(&self, sub: &str) -> Option<ServerId> {
-        lock(&self.0).get(sub).map(|r| r.server)
-    }
-
-    /// Notes a request on its way to the server (the Subscribe is kept as the template of
-    /// a re-attach, without its credentials).
-    fn note_command(&self, command: &Command) {
+    /// Decides where a command from a dialog goes, and notes a request on its way (the
+    /// Subscribe is kept as the template of a re-attach, without its credentials), under one
+    /// lock so that a move cannot slip between the two. While no server holds the
+    /// subscription for sure (a re-attach awaits its Answer, or was refused for now), a
+    /// refresh is answered 503 and a `Delivered` is dropped: the new server knows nothing
+    /// of the versions it would name.
+    fn prepare(&self, command: &Command) -> Prepared {
         let mut routes = lock(&self.0);
+        let Some(r) = routes.get_mut(command.sub()) else {
+            return Prepared::NoRoute;
+        };
+        let moving = r.detached || r.reattach.is_some();
         match command {
-            Command::Subscribe {
-                sub, request_id, ..
-            } => {
-                if let Some(r) = routes.get_mut(sub) {
-                    r.pending.push(*request_id);
-                    let mut template = command.clone();
-                    if let Command::Subscribe {
-                        credentials,
-                        flow_identity,
-                        ..
-                    } = &mut template
-                    {
-                        *credentials = None;
-                        *flow_identity = None;
-                    }
-                    r.subscribe = Some(template);
-                }
+            Command::Refresh { .. } | Command::Delivered { .. } if moving => {
+                return if matches!(command, Command::Refresh { .. }) {
+                    Prepared::Busy
+                } else {
+                    Prepared::Drop
+                };
             }
-            Command::Refresh {
-                sub, request_id, ..
-            } => {
-                if let Some(r) = routes.get_mut(sub) {
-                    r.pending.push(*request_id);
+            Command::Unsubscribe { .. } if r.detached => return Prepared::Drop,
+            _ => {}
+        }
+        match command {
+            Command::Subscribe { request_id, .. } => {
+                r.pending.push(*request_id);
+                let mut template = command.clone();
+                if let Command::Subscribe {
+                    credentials,
+                    flow_identity,
+                    ..
+                } = &mut template
+                {
+                    *credentials = None;
+                    *flow_identity = None;
                 }
+                r.subscribe = Some(template);
             }
+            Command::Refresh { request_id, .. } => r.pending.push(*request_id),
             Command::Unsubscribe { .. } | Command::Delivered { .. } => {}
         }
+        Prepared::Send(r.server)
     }
 
     /// Number of subscriptions on each server.
@@ -223,6 +229,29 @@ impl Routes {
             .filter(|r| r.server == server)
             .count()
     }
+}
+
+/// Where a subscription being moved is, as the mover saw it.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// On this server, whose session is up.
+    Live(&'a Upstream),
+    /// On this server, whose session is gone.
+    Lost(ServerId),
+    /// On no server (a re-attach was refused for now).
+    Detached,
+}
+
+/// Where [`Routes::prepare`] sends a command.
+enum Prepared {
+    /// To this server.
+    Send(ServerId),
+    /// Nowhere: answer a refresh 503.
+    Busy,
+    /// Nowhere, and nothing to answer.
+    Drop,
+    /// The subscription has no route.
+    NoRoute,
 }
 
 /// One subscriber-server.
@@ -240,6 +269,8 @@ pub struct Upstream {
     removed: AtomicBool,
     /// Since when it has been connected and serving.
     eligible_since: Mutex<Option<Instant>>,
+    /// Since when it has been connected but not serving.
+    out_since: Mutex<Option<Instant>>,
     metrics: Metrics,
     /// Cancelled to end the current session: a `Delivered` or `Unsubscribe` did not fit in
     /// the command queue. Each session installs a fresh token.
@@ -267,6 +298,7 @@ impl Upstream {
             serving: AtomicBool::new(true),
             removed: AtomicBool::new(false),
             eligible_since: Mutex::new(None),
+            out_since: Mutex::new(None),
             metrics,
             end_session: Mutex::new(CancellationToken::new()),
             stop: CancellationToken::new(),
@@ -308,6 +340,14 @@ impl Upstream {
             _ => {}
         }
         drop(since);
+        let out = self.is_connected() && !self.serving.load(Ordering::Relaxed);
+        let mut since = lock(&self.out_since);
+        match (out, *since) {
+            (true, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => *since = None,
+            _ => {}
+        }
+        drop(since);
         self.changed.notify_one();
     }
 
@@ -327,7 +367,6 @@ impl Upstream {
             }
             Command::Unsubscribe { .. } | Command::Delivered { .. } => None,
         };
-        self.routes.note_command(&command);
         let sub = command.sub().to_owned();
         let Err(full) = self.send_proto(convert::to_proto(command)) else {
             return;
@@ -469,26 +508,30 @@ impl Upstreams {
     /// no server holds it (a re-attach waits for a retry) a refresh is answered 503 and the
     /// rest is dropped: no server has anything to update.
     pub fn send(&self, command: Command) {
-        if self.inner.routes.is_detached(command.sub()) {
-            if let Command::Refresh {
-                sub, request_id, ..
-            } = &command
-            {
-                let answer = Event::Answer(Answer {
-                    sub: sub.clone(),
-                    request_id: *request_id,
-                    verdict: Verdict::Unavailable {
-                        retry_after: Some(RETRY_AFTER_LOST),
-                    },
-                });
-                deliver(&self.inner.routes, &self.inner.metrics, None, sub, answer);
+        match self.inner.routes.prepare(&command) {
+            Prepared::Send(id) => match self.inner.server(id) {
+                Some(up) => up.send(command),
+                None => {
+                    debug!(subscription.id = %command.sub(), "command for a server no longer known")
+                }
+            },
+            Prepared::Busy => {
+                if let Command::Refresh {
+                    sub, request_id, ..
+                } = &command
+                {
+                    let answer = Event::Answer(Answer {
+                        sub: sub.clone(),
+                        request_id: *request_id,
+                        verdict: Verdict::Unavailable {
+                            retry_after: Some(RETRY_AFTER_LOST),
+                        },
+                    });
+                    deliver(&self.inner.routes, &self.inner.metrics, None, sub, answer);
+                }
             }
-            return;
-        }
-        let server = self.inner.routes.server_of(command.sub());
-        match server.and_then(|id| self.inner.server(id)) {
-            Some(up) => up.send(command),
-            None => {
+            Prepared::Drop => {}
+            Prepared::NoRoute => {
                 debug!(subscription.id = %command.sub(), "command for a subscription with no route")
             }
         }
@@ -496,8 +539,20 @@ impl Upstreams {
 
     /// Stops routing `sub` (its dialog is gone).
     pub fn unroute(&self, sub: &str) {
-        if self.inner.routes.remove(sub) {
-            self.inner.metrics.dialogs.dec();
+        let Some(route) = lock(&self.inner.routes.0).remove(sub) else {
+            return;
+        };
+        self.inner.metrics.dialogs.dec();
+        // The dialog's goodbye went to whichever server it last knew; a moved subscription
+        // may be held by another, which must not keep it until it expires.
+        if route.moved
+            && !route.ended
+            && !route.detached
+            && let Some(up) = self.inner.server(route.server)
+        {
+            let _ = up.send_proto(convert::to_proto(Command::Unsubscribe {
+                sub: sub.to_owned(),
+            }));
         }
     }
 
@@ -608,6 +663,7 @@ impl Inner {
                     continue;
                 }
                 if !route.attached {
+                    route.ended = true;
                     lost.push((sub.clone(), route.conn.clone()));
                     continue;
                 }
@@ -621,7 +677,10 @@ impl Inner {
                         route.detached = true;
                         self.routes.1.store(true, Ordering::Relaxed);
                     }
-                    None => lost.push((sub.clone(), route.conn.clone())),
+                    None => {
+                        route.ended = true;
+                        lost.push((sub.clone(), route.conn.clone()));
+                    }
                 }
             }
         }
@@ -637,7 +696,7 @@ impl Inner {
         }
         let moved = moves.len();
         for (sub, to) in moves {
-            if !self.reattach(&sub, &to, None, "session_lost") {
+            if !self.reattach(&sub, &to, Source::Lost(from.id), "session_lost") {
                 self.detach(&sub);
             }
         }
@@ -659,20 +718,27 @@ impl Inner {
 
     /// Moves `sub` to `to` with a re-attach Subscribe (the client's dialog does not notice:
     /// the new server's first Notification continues its versions), then drops it on the
-    /// server that held it, if that one is still up. False when `to` could not take it.
-    fn reattach(
-        &self,
-        sub: &str,
-        to: &Upstream,
-        from: Option<&Upstream>,
-        reason: &'static str,
-    ) -> bool {
+    /// server that held it, if that one is still up. The route must still be as `source`
+    /// says (the caller looked without the lock); if it is not, nothing is done. Everything
+    /// happens under the routing table's lock, so no command of the dialog can reach the new
+    /// server before the re-attach. False when `to` could not take it (nothing changed).
+    fn reattach(&self, sub: &str, to: &Upstream, source: Source<'_>, reason: &'static str) -> bool {
         let request_id = REATTACH_REQUEST | self.next_reattach.fetch_add(1, Ordering::Relaxed);
-        let msg = {
+        {
             let mut routes = lock(&self.routes.0);
             let Some(route) = routes.get_mut(sub) else {
                 return true;
             };
+            let still = match source {
+                Source::Live(from) => route.server == from.id && route.idle(),
+                Source::Lost(id) => {
+                    route.server == id && route.attached && !route.ended && route.reattach.is_none()
+                }
+                Source::Detached => route.detached && !route.ended,
+            };
+            if !still {
+                return true;
+            }
             let Some(Command::Subscribe { .. }) = &route.subscribe else {
                 return false;
             };
@@ -701,22 +767,15 @@ impl Inner {
             if let Some(proto::v1::proxy_message::Kind::Subscribe(s)) = &mut msg.kind {
                 s.resume_version = route.last_version;
             }
+            if to.send_proto(msg).is_err() {
+                return false;
+            }
             route.server = to.id;
             route.reattach = Some(request_id);
             route.detached = false;
-            msg
-        };
-        if to.send_proto(msg).is_err() {
-            let mut routes = lock(&self.routes.0);
-            if let Some(route) = routes.get_mut(sub) {
-                route.reattach = None;
-                if let Some(from) = from {
-                    route.server = from.id;
-                }
-            }
-            return false;
+            route.moved = true;
         }
-        if let Some(from) = from {
+        if let Source::Live(from) = source {
             from.send(Command::Unsubscribe {
                 sub: sub.to_owned(),
             });
@@ -739,9 +798,14 @@ impl Inner {
 
     /// Ends `sub` with `deactivated` (its client re-subscribes).
     fn end(&self, sub: &str) {
-        self.metrics.reattach_failed.inc();
-        let conn = lock(&self.routes.0).get(sub).map(|r| r.conn.clone());
+        let conn = lock(&self.routes.0).get_mut(sub).and_then(|r| {
+            (!r.ended).then(|| {
+                r.ended = true;
+                r.conn.clone()
+            })
+        });
         if let Some(conn) = conn {
+            self.metrics.reattach_failed.inc();
             terminate(sub, &conn);
         }
     }
@@ -755,6 +819,12 @@ impl Inner {
         if candidates.is_empty() {
             return false;
         }
+        let eligible: HashSet<ServerId> = read(&self.servers)
+            .iter()
+            .filter(|s| s.is_eligible())
+            .map(|s| s.id)
+            .collect();
+        let movable: HashSet<ServerId> = self.movable_out(now).into_iter().collect();
         let mut moves = Vec::new();
         let mut expired = Vec::new();
         let mut left = false;
@@ -780,6 +850,12 @@ impl Inner {
                 if owner.id == route.server {
                     continue;
                 }
+                // Off a server that is not serving only once it has been out for a while,
+                // and not while most servers are out (see `movable_out`); off a server whose
+                // session is down never (the failover's business).
+                if !eligible.contains(&route.server) && !movable.contains(&route.server) {
+                    continue;
+                }
                 if !route.idle() || moves.len() >= MOVES_PER_TICK {
                     left |= !route.ended;
                     continue;
@@ -793,7 +869,7 @@ impl Inner {
         for (sub, from, to) in moves {
             let Some(from) = from else {
                 // Detached: nobody holds it, nothing to drop anywhere.
-                if !self.reattach(&sub, &to, None, "retry") {
+                if !self.reattach(&sub, &to, Source::Detached, "retry") {
                     left = true;
                 }
                 continue;
@@ -810,11 +886,37 @@ impl Inner {
             } else {
                 "not_serving"
             };
-            if !self.reattach(&sub, &to, Some(&from), reason) {
+            if !self.reattach(&sub, &to, Source::Live(&from), reason) {
                 left = true;
             }
         }
         left
+    }
+
+    /// Connected servers whose subscriptions the balancer may move away although nobody
+    /// asked it to rebalance: those no longer listed, and those not serving for at least
+    /// [`OUT_HOLD`] — unless more of the connected servers are out than serving, which looks
+    /// like an outage they share (one database) and moving would only pile every
+    /// subscription onto the last server to notice.
+    fn movable_out(&self, now: Instant) -> Vec<ServerId> {
+        let servers = read(&self.servers);
+        let connected: Vec<&Arc<Upstream>> = servers.iter().filter(|s| s.is_connected()).collect();
+        let out = connected
+            .iter()
+            .filter(|s| !s.serving.load(Ordering::Relaxed))
+            .count();
+        let shared_outage = out * 2 > connected.len();
+        connected
+            .iter()
+            .filter(|s| {
+                s.removed.load(Ordering::Relaxed)
+                    || (!shared_outage
+                        && !s.serving.load(Ordering::Relaxed)
+                        && lock(&s.out_since)
+                            .is_some_and(|t| now.saturating_duration_since(t) >= OUT_HOLD))
+            })
+            .map(|s| s.id)
+            .collect()
     }
 
     /// Servers removed from discovery that hold nothing any more stop their sessions.
@@ -868,7 +970,9 @@ async fn balance(inner: Arc<Inner>) {
         }
         let now = Instant::now();
         inner.count_states();
-        let set: Vec<ServerId> = inner.settled(now).iter().map(|s| s.id).collect();
+        let mut set: Vec<ServerId> = inner.settled(now).iter().map(|s| s.id).collect();
+        set.push(ServerId::MAX);
+        set.extend(inner.movable_out(now));
         // Detached subscriptions are retried at most once a second.
         let retry = now.saturating_duration_since(last_retry) >= RETRY_DETACHED
             && inner.routes.1.swap(false, Ordering::Relaxed);
@@ -999,37 +1103,40 @@ async fn run_session(
 
 /// Follows the server's gRPC health (`grpc.health.v1.Health/Watch` for the session
 /// service): NOT_SERVING takes it out of the rendezvous set (its subscriptions move), SERVING
-/// puts it back. A server without the health service counts as serving. Returns only if the
-/// session should end (never, today: a broken watch leaves the state as it was).
+/// puts it back. A server without the health service counts as serving. A watch that breaks
+/// while the session stays up is opened again (after a pause), so a later drain is seen.
+/// Never returns: the session's own paths decide when it ends.
 async fn watch_health(up: &Upstream, channel: tonic::transport::Channel) {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let mut client = HealthClient::new(channel);
-    let request = HealthCheckRequest {
-        service: SERVICE_NAME.to_owned(),
-    };
-    let mut stream = match client.watch(request).await {
-        Ok(r) => r.into_inner(),
-        Err(status) => {
-            debug!(endpoint = %up.endpoint, %status, "no health watch; the session alone decides");
-            return std::future::pending().await;
-        }
-    };
     loop {
-        match stream.message().await {
-            Ok(Some(r)) => {
-                let serving = r.status == ServingStatus::Serving as i32;
-                if up.serving.swap(serving, Ordering::Relaxed) != serving {
-                    if serving {
-                        info!(endpoint = %up.endpoint, "server serving again");
-                    } else {
-                        warn!(endpoint = %up.endpoint, "server not serving (database unreachable or draining): moving its subscriptions");
+        let request = HealthCheckRequest {
+            service: SERVICE_NAME.to_owned(),
+        };
+        match client.watch(request).await {
+            Ok(r) => {
+                let mut stream = r.into_inner();
+                while let Ok(Some(r)) = stream.message().await {
+                    let serving = r.status == ServingStatus::Serving as i32;
+                    if up.serving.swap(serving, Ordering::Relaxed) != serving {
+                        if serving {
+                            info!(endpoint = %up.endpoint, "server serving again");
+                        } else {
+                            warn!(endpoint = %up.endpoint, "server not serving (database unreachable or draining): moving its subscriptions");
+                        }
+                        up.state_changed();
                     }
-                    up.state_changed();
                 }
+                debug!(endpoint = %up.endpoint, "health watch ended; watching again");
             }
-            Ok(None) | Err(_) => return std::future::pending().await,
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                debug!(endpoint = %up.endpoint, "no health service; the session alone decides");
+                return std::future::pending().await;
+            }
+            Err(status) => debug!(endpoint = %up.endpoint, %status, "health watch refused"),
         }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -1060,7 +1167,15 @@ async fn read_events(up: &Upstream, inbound: &mut tonic::Streaming<ServerMessage
         match inbound.message().await {
             Ok(Some(msg)) => {
                 if let Some((sub, event)) = convert::from_proto(msg) {
-                    deliver(&up.routes, &up.metrics, Some(up.id), &sub, event);
+                    let notification = matches!(event, Event::Notification(_));
+                    if deliver(&up.routes, &up.metrics, Some(up.id), &sub, event)
+                        == Delivered::NoRoute
+                        && notification
+                    {
+                        // Its dialog is gone but the server still holds it (a goodbye lost
+                        // in a move): let it go rather than keep it until it expires.
+                        up.send(Command::Unsubscribe { sub });
+                    }
                 }
             }
             Ok(None) => return "server closed the session",
@@ -1125,82 +1240,98 @@ fn terminate(sub: &str, conn: &ConnectionHandle) {
     }
 }
 
+/// What [`deliver`] did with an event.
+#[derive(Debug, PartialEq, Eq)]
+enum Delivered {
+    /// Handed on, kept (a re-attach's Answer), or dropped as stale.
+    Done,
+    /// No route: the subscription's dialog is gone.
+    NoRoute,
+}
+
 /// Hands `event` (from server `from`, or made by the proxy when `None`) to the connection
 /// holding `sub`, keeping the route's re-attach state; closes a connection that cannot keep
 /// up. An event from a server that no longer holds the subscription is dropped (it moved),
-/// and the Answer to a re-attach stays here.
-fn deliver(routes: &Routes, metrics: &Metrics, from: Option<ServerId>, sub: &str, event: Event) {
-    let conn = {
-        let mut table = lock(&routes.0);
-        let Some(route) = table.get_mut(sub) else {
-            debug!(subscription.id = %sub, "event for a subscription no longer here");
-            return;
-        };
-        if from.is_some_and(|id| id != route.server) {
-            debug!(subscription.id = %sub, "event from the server the subscription moved away from");
-            return;
-        }
-        match &event {
-            Event::Answer(a) if Some(a.request_id) == route.reattach => {
-                route.reattach = None;
-                match &a.verdict {
-                    Verdict::Ok { granted, .. } => {
-                        route.expires_at =
-                            Instant::now().checked_add(Duration::from_secs(u64::from(*granted)));
-                        return;
-                    }
-                    Verdict::Unavailable { .. } | Verdict::Internal => {
-                        // Its database is down or it is overloaded: nobody holds the
-                        // subscription now; the balancer tries again (its client keeps
-                        // its dialog and gets full state once a server takes it).
-                        debug!(subscription.id = %sub, "re-attach refused for now; will retry");
-                        route.detached = true;
-                        routes.1.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                    verdict => {
-                        warn!(subscription.id = %sub, ?verdict, "the new server refused the re-attach: ending the subscription");
-                        metrics.reattach_failed.inc();
-                        let conn = route.conn.clone();
-                        drop(table);
-                        terminate(sub, &conn);
-                        return;
-                    }
-                }
-            }
-            Event::Answer(a) => {
-                route.pending.retain(|id| *id != a.request_id);
-                if let Verdict::Ok { granted, identity } = &a.verdict {
-                    let initial = matches!(&route.subscribe, Some(Command::Subscribe { request_id, .. }) if *request_id == a.request_id);
-                    if initial {
-                        route.attached = true;
-                        route.identity.clone_from(identity);
-                    }
+/// and the Answer to a re-attach stays here. The hand-off happens under the table's lock,
+/// so the events of one subscription reach its connection in the order the route allowed
+/// them (never an old server's version after the new server's).
+fn deliver(
+    routes: &Routes,
+    metrics: &Metrics,
+    from: Option<ServerId>,
+    sub: &str,
+    event: Event,
+) -> Delivered {
+    let mut table = lock(&routes.0);
+    let Some(route) = table.get_mut(sub) else {
+        debug!(subscription.id = %sub, "event for a subscription no longer here");
+        return Delivered::NoRoute;
+    };
+    if from.is_some_and(|id| id != route.server) {
+        debug!(subscription.id = %sub, "event from the server the subscription moved away from");
+        return Delivered::Done;
+    }
+    match &event {
+        Event::Answer(a) if Some(a.request_id) == route.reattach => {
+            route.reattach = None;
+            match &a.verdict {
+                Verdict::Ok { granted, .. } => {
                     route.expires_at =
                         Instant::now().checked_add(Duration::from_secs(u64::from(*granted)));
                 }
-            }
-            Event::Notification(n) => {
-                if from.is_some() {
-                    route.last_version =
-                        Some(route.last_version.map_or(n.version, |v| v.max(n.version)));
+                Verdict::Unavailable { .. } => {
+                    // Its database is down or it is overloaded: nobody holds the
+                    // subscription now; the balancer tries again (its client keeps its
+                    // dialog and gets full state once a server takes it).
+                    debug!(subscription.id = %sub, "re-attach refused for now; will retry");
+                    route.detached = true;
+                    routes.1.store(true, Ordering::Relaxed);
                 }
-                if matches!(n.state, crate::notifier::State::Terminated(_)) {
+                verdict => {
+                    warn!(subscription.id = %sub, ?verdict, "the new server refused the re-attach: ending the subscription");
+                    metrics.reattach_failed.inc();
                     route.ended = true;
+                    terminate(sub, &route.conn);
                 }
+            }
+            return Delivered::Done;
+        }
+        Event::Answer(a) if a.request_id & REATTACH_REQUEST != 0 => {
+            debug!(subscription.id = %sub, "answer to an earlier re-attach; dropped");
+            return Delivered::Done;
+        }
+        Event::Answer(a) => {
+            route.pending.retain(|id| *id != a.request_id);
+            if let Verdict::Ok { granted, identity } = &a.verdict {
+                let initial = matches!(&route.subscribe, Some(Command::Subscribe { request_id, .. }) if *request_id == a.request_id);
+                if initial {
+                    route.attached = true;
+                    route.identity.clone_from(identity);
+                }
+                route.expires_at =
+                    Instant::now().checked_add(Duration::from_secs(u64::from(*granted)));
             }
         }
-        route.conn.clone()
-    };
-    match conn.events.try_send(Box::new(event)) {
+        Event::Notification(n) => {
+            if from.is_some() {
+                route.last_version =
+                    Some(route.last_version.map_or(n.version, |v| v.max(n.version)));
+            }
+            if matches!(n.state, crate::notifier::State::Terminated(_)) {
+                route.ended = true;
+            }
+        }
+    }
+    match route.conn.events.try_send(Box::new(event)) {
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => {
             metrics.slow_connections_closed.inc();
             warn!(subscription.id = %sub, "connection cannot keep up with its notifications; closing it");
-            conn.close.cancel();
+            route.conn.close.cancel();
         }
         Err(mpsc::error::TrySendError::Closed(_)) => {}
     }
+    Delivered::Done
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -394,6 +394,20 @@ async fn a_lost_session_re_attaches_its_subscriptions_and_answers_what_was_in_fl
     assert!(s.credentials.is_none());
     assert!(s.expires.is_some_and(|e| (590..=600).contains(&e)));
     assert_ne!(s.request_id & REATTACH_REQUEST, 0);
+    // Until B has answered, a refresh gets 503 (B does not hold the subscription yet, and
+    // would say 481) and a Delivered for A's version is not passed on.
+    ups.send(refresh("s1", 3));
+    assert_eq!(
+        next_event(&mut events).await,
+        Event::Answer(Answer {
+            sub: "s1".into(),
+            request_id: 3,
+            verdict: Verdict::Unavailable {
+                retry_after: Some(RETRY_AFTER_LOST)
+            },
+        })
+    );
+    ups.send(delivered("s1"));
     // Its Answer stays in the proxy; its Notification reaches the dialog.
     b_out
         .send(answer("s1", s.request_id, &subscriber))
@@ -501,4 +515,54 @@ async fn a_server_that_is_no_longer_listed_hands_its_subscriptions_over_and_stop
     tracker.close();
     a_task.abort();
     b_task.abort();
+}
+
+#[tokio::test]
+async fn not_serving_servers_are_left_alone_briefly_and_during_a_shared_outage() {
+    let shutdown = CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let ups = Upstreams::start(
+        &[],
+        &Security::default(),
+        &Metrics::default(),
+        &shutdown,
+        &tracker,
+    );
+    let inner = ups.inner.clone();
+    let servers: Vec<Arc<Upstream>> = (0..4)
+        .map(|i| {
+            let (tx, _rx) = mpsc::channel(1);
+            let up = Arc::new(Upstream::new(
+                format!("http://s{i}"),
+                i,
+                tx,
+                inner.routes.clone(),
+                Metrics::default(),
+            ));
+            up.connected.store(true, Ordering::Relaxed);
+            write(&inner.servers).push(up.clone());
+            up
+        })
+        .collect();
+    let now = Instant::now();
+    let out = |up: &Upstream, for_: Duration| {
+        up.serving.store(false, Ordering::Relaxed);
+        *lock(&up.out_since) = Some(now - for_);
+    };
+    // Just out: held (another server may be about to notice the same outage).
+    out(&servers[0], Duration::from_secs(1));
+    assert!(inner.movable_out(now).is_empty());
+    // Out for longer than OUT_HOLD, most servers serving: its subscriptions may move.
+    out(&servers[0], OUT_HOLD);
+    assert_eq!(inner.movable_out(now), vec![0]);
+    // Two of four out is not yet most.
+    out(&servers[1], OUT_HOLD * 2);
+    assert_eq!(inner.movable_out(now), vec![0, 1]);
+    // Three of four out looks like their shared database: nobody moves...
+    out(&servers[2], OUT_HOLD * 2);
+    assert!(inner.movable_out(now).is_empty());
+    // ...except off a server discovery no longer lists.
+    servers[3].removed.store(true, Ordering::Relaxed);
+    assert_eq!(inner.movable_out(now), vec![3]);
+    shutdown.cancel();
 }

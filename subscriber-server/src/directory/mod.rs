@@ -628,17 +628,33 @@ impl Directory {
         Ok(())
     }
 
-    /// Cheap round trip to the primary and the replica, for readiness and health checks.
-    pub async fn ping(&self) -> Result<(), DirectoryError> {
-        for db in std::iter::once(&self.db).chain(self.replica.iter().map(|r| &r.db)) {
-            self.timed("ping", async {
-                match db {
-                    Db::Postgres(pool) => sqlx::raw_sql("SELECT 1").execute(pool).await.map(drop),
-                    Db::Sqlite(pool) => sqlx::raw_sql("SELECT 1").execute(pool).await.map(drop),
+    /// The health probe (readiness follows it): is the primary database reachable? Through the pool when it has
+    /// room, else over a connection of its own, so that a pool busy with a burst of loads
+    /// (a failover moving many subscriptions here) does not read as an outage and send the
+    /// subscriptions on to the next server. The replica is not asked: reads fall back to
+    /// the primary when it lags, so it does not decide whether this server serves.
+    pub async fn probe(&self) -> Result<(), DirectoryError> {
+        use sqlx::Connection as _;
+        let saturated = |size: u32, idle: usize, max: u32| idle == 0 && size >= max;
+        self.timed("ping", async {
+            match &self.db {
+                Db::Postgres(pool) => {
+                    if saturated(
+                        pool.size(),
+                        pool.num_idle(),
+                        pool.options().get_max_connections(),
+                    ) {
+                        let conn =
+                            sqlx::PgConnection::connect_with(&pool.connect_options()).await?;
+                        conn.close().await
+                    } else {
+                        sqlx::raw_sql("SELECT 1").execute(pool).await.map(drop)
+                    }
                 }
-            })
-            .await?;
-        }
+                Db::Sqlite(pool) => sqlx::raw_sql("SELECT 1").execute(pool).await.map(drop),
+            }
+        })
+        .await?;
         Ok(())
     }
 

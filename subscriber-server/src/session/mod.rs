@@ -569,11 +569,19 @@ impl Session {
     /// Admission by policy for `identity` (who signed in; `None` with authentication off),
     /// then the load.
     fn admit(&mut self, id: String, mut pending: Pending, identity: Option<String>) {
-        match self
+        let admitted = match self
             .settings
             .policy
             .admit(&pending.request, identity.as_deref())
         {
+            // A moved subscription keeps what is left of its duration, however short: the
+            // client's dialog never asked for less than the minimum, time did.
+            Err(Rejection::IntervalTooBrief { .. }) if pending.resume_version.is_some() => {
+                Ok(pending.request.expires.unwrap_or(1).max(1))
+            }
+            other => other,
+        };
+        match admitted {
             Err(rejection) => self.reject(id, pending.request_id, rejection),
             Ok(granted) => {
                 let ticket = self.ticket();

@@ -288,6 +288,27 @@ fn a_resumed_subscription_starts_with_full_state_at_the_next_version() {
 }
 
 #[test]
+fn a_resumed_subscription_keeps_what_is_left_below_the_minimum() {
+    let mut h = Harness::new(false);
+    let mut s = subscribe("s1", ALICE);
+    s.request.expires = Some(5);
+    s.resume_version = Some(3);
+    let outs = h.feed(Input::Subscribe(s));
+    let outs = h.loaded(load_ticket(&outs));
+    assert_eq!(replies(&outs), vec![("s1", 7, &ok(5, None))]);
+    assert_eq!(notification(&outs).version, 4);
+
+    // A new subscription that short is still refused.
+    let mut s = subscribe("s2", ALICE);
+    s.request.expires = Some(5);
+    let outs = h.feed(Input::Subscribe(s));
+    assert!(matches!(
+        replies(&outs).as_slice(),
+        [("s2", 7, Reply::Rejected(Rejection::IntervalTooBrief { .. }))]
+    ));
+}
+
+#[test]
 fn unsubscribed_while_loading_releases_the_user_and_answers_nothing() {
     let mut h = Harness::new(false);
     let outs = h.feed(Input::Subscribe(subscribe("s1", ALICE)));
