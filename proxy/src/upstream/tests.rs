@@ -528,7 +528,7 @@ async fn not_serving_servers_are_left_alone_briefly_and_during_a_shared_outage()
         &shutdown,
         &tracker,
     );
-    let inner = ups.inner.clone();
+    let inner = &ups.inner;
     let servers: Vec<Arc<Upstream>> = (0..4)
         .map(|i| {
             let (tx, _rx) = mpsc::channel(1);
