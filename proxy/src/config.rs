@@ -256,7 +256,12 @@ impl Config {
     /// Checks values; the message is printed before exit code 64.
     pub fn validate(&self) -> Result<(), String> {
         self.validate_ranges()?;
-        for s in self.servers.iter().chain(&self.servers_dns) {
+        for s in self
+            .servers
+            .iter()
+            .chain(&self.servers_dns)
+            .filter(|s| !s.trim().is_empty())
+        {
             if !(s.starts_with("http://") || s.starts_with("https://")) {
                 return Err(format!("--server {s:?} must be an http:// or https:// URL"));
             }

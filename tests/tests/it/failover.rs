@@ -396,3 +396,43 @@ async fn metrics_move_during_failover() {
     report.assert_clean("failover metrics");
     assert!(problems.is_empty(), "metrics: {problems:#?}");
 }
+
+/// `--servers-dns`: the proxy finds its server by resolving a name (here `localhost`,
+/// through the system resolver as a headless Service's name would be) and serves through it.
+#[tokio::test]
+async fn a_server_found_by_dns_serves_subscriptions() {
+    let db = TestDb::create().await.unwrap();
+    let server = spawn_server(&db.url, &ServerOptions::default()).await.unwrap();
+    let port = server.grpc.rsplit(':').next().unwrap().to_owned();
+    let dns = format!("http://localhost:{port}");
+    let proxy = conflist_tests::process::start_proxy(
+        "",
+        &["--servers-dns", &dns, "--discovery-interval", "200ms"],
+    )
+    .await
+    .unwrap();
+    conflist_tests::process::wait_ready(&proxy.admin).await.unwrap();
+    let mut alice = SipWsClient::connect(&proxy.ws_url).await.unwrap();
+    alice.subscribe("alice", 600).await.unwrap();
+    let n = alice.recv_notify().await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&n.body).contains("<conference-list"),
+        "a full list came through the server found by DNS"
+    );
+    alice.respond(&n, 200).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let serving = conflist_tests::cluster::metric_sum(
+            &proxy.admin,
+            "conflist_proxy_servers",
+            "state=\"serving\"",
+        )
+        .await
+        .unwrap_or(0.0);
+        if serving == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "serving servers: {serving}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
