@@ -111,6 +111,16 @@ impl Command {
             | Command::Delivered { sub, .. } => sub,
         }
     }
+
+    /// The command's name, as logged.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Subscribe { .. } => "subscribe",
+            Command::Refresh { .. } => "refresh",
+            Command::Unsubscribe { .. } => "unsubscribe",
+            Command::Delivered { .. } => "delivered",
+        }
+    }
 }
 
 /// Credentials a request carried (RFC 3261 §22.4, RFC 8898); the notifier verifies them.

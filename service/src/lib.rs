@@ -26,6 +26,11 @@ use std::sync::Arc;
 /// Logs to stderr as `text` or `json`; the level comes from `RUST_LOG` (default `info`).
 /// Colours only when stderr is a terminal and `NO_COLOR` is unset or empty
 /// (<https://no-color.org>), so log files and collectors get plain text.
+///
+/// `json` is one object per line: the event's own fields under `fields`, the innermost
+/// span's under `span` and every enclosing span's under `spans` (outermost first). A line
+/// about one subscription carries `subscription.id` in one of them (the proxy's flows also
+/// `conn.id`, the prefix of their subscriptions' ids).
 pub fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -38,7 +43,11 @@ pub fn init_tracing(format: &str) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if format == "json" {
-        builder.json().init();
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
     } else {
         builder.init();
     }

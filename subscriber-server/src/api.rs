@@ -30,7 +30,7 @@ use proto::v1::{
     SubscriptionState, TerminationReason, proxy_message, server_message,
     subscription_service_server::SubscriptionService,
 };
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
@@ -282,6 +282,8 @@ struct SessionTask {
     machine: session::Session,
     /// Sign-ins and loads the machine asked for; each ends with the input to feed back.
     tasks: JoinSet<Input>,
+    /// The subscription each of those tasks is for (for the log line of one that fails).
+    task_subscriptions: HashMap<tokio::task::Id, String>,
     key: SessionKey,
     wake: Arc<SessionWake>,
     /// Commands from the admin API, and this session's place in its hub.
@@ -299,6 +301,7 @@ impl SessionTask {
             out: Outbound::new(out),
             machine,
             tasks: JoinSet::new(),
+            task_subscriptions: HashMap::new(),
             key,
             wake,
             admin,
@@ -322,10 +325,14 @@ impl SessionTask {
                         break "session stream failed";
                     }
                 },
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
-                    Ok(input) => self.step(input),
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => match done {
+                    Ok((task, input)) => {
+                        self.task_subscriptions.remove(&task);
+                        self.step(input)
+                    }
                     Err(e) => {
-                        warn!(error = %e, "session task failed");
+                        let sub = self.task_subscriptions.remove(&e.id());
+                        warn!(subscription.id = sub.as_deref(), error = %e, "session task failed");
                         Ok(())
                     }
                 },
@@ -422,7 +429,7 @@ impl SessionTask {
                 Output::Load { ticket, user } => {
                     let ctx = self.ctx.clone();
                     let key = self.key;
-                    self.tasks.spawn(async move {
+                    self.spawn_job(ticket, async move {
                         let result = ctx
                             .cache
                             .attach_limited(key, &user, ctx.max_subscriptions_per_user)
@@ -443,11 +450,26 @@ impl SessionTask {
         Ok(())
     }
 
+    /// Runs the job of `ticket` in a task, in a span with its subscription's id (the
+    /// directory's and the sign-in's log lines carry it).
+    fn spawn_job(
+        &mut self,
+        ticket: session::Ticket,
+        job: impl Future<Output = Input> + Send + 'static,
+    ) {
+        let sub = self.machine.job_subscription(ticket);
+        let span = info_span!("job", subscription.id = sub);
+        let task = self.tasks.spawn(job.instrument(span)).id();
+        if let Some(sub) = sub {
+            self.task_subscriptions.insert(task, sub.to_owned());
+        }
+    }
+
     /// Verifies credentials in a task: the sign-in, held to the bound identity for a
     /// refresh.
     fn spawn_verify(&mut self, v: session::Verify) {
         let ctx = self.ctx.clone();
-        self.tasks.spawn(async move {
+        self.spawn_job(v.ticket, async move {
             let session::Verify {
                 ticket,
                 credentials,

@@ -80,16 +80,27 @@ const FRONTIER_WARN_EVERY: Duration = Duration::from_secs(60);
 const MAX_PERIOD: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Runs until `shutdown`.
+///
+/// `following` is sent once the follower holds its place: for the change log, once it has
+/// read its starting cursor (changes committed after that are seen); polling and `off` need
+/// no place. The server admits no subscription before that.
 pub async fn run(
     cache: Arc<Cache>,
     cfg: FollowerConfig,
     metrics: Metrics,
     shutdown: CancellationToken,
+    following: tokio::sync::oneshot::Sender<()>,
 ) {
     match cfg.mode {
-        Mode::Off => shutdown.cancelled().await,
-        Mode::Poll => poll(&cache, &cfg, &metrics, &shutdown).await,
-        Mode::Log => follow_log(&cache, &cfg, &metrics, &shutdown).await,
+        Mode::Off => {
+            let _ = following.send(());
+            shutdown.cancelled().await;
+        }
+        Mode::Poll => {
+            let _ = following.send(());
+            poll(&cache, &cfg, &metrics, &shutdown).await;
+        }
+        Mode::Log => follow_log(&cache, &cfg, &metrics, &shutdown, following).await,
     }
 }
 
@@ -136,11 +147,15 @@ async fn follow_log(
     cfg: &FollowerConfig,
     metrics: &Metrics,
     shutdown: &CancellationToken,
+    following: tokio::sync::oneshot::Sender<()>,
 ) {
     let directory = cache.directory().clone();
     let mut cursor = loop {
         match directory.change_cursor().await {
-            Ok(c) => break c,
+            Ok(c) => {
+                let _ = following.send(());
+                break c;
+            }
             Err(e) => {
                 metrics.change_errors.inc();
                 warn!(error = %e, "cannot read the change log (is it installed? `conflist-server db install`); retrying");

@@ -185,12 +185,18 @@ pub async fn probe(
     }
 }
 
-/// The Session service until startup completes: every call fails `UNAVAILABLE`; then
-/// each call goes to the real service.
+/// The Session service until startup completes: a call waits (at most [`GATE_WAIT`]) for
+/// startup, then fails `UNAVAILABLE`; once open, each call goes to the real service. The
+/// wait covers the last moments of a normal startup (the change follower taking its place),
+/// so a proxy connecting right after the READY line is not turned away.
 #[derive(Clone, Default)]
 pub struct Gate {
     service: Arc<OnceLock<api::SessionService>>,
+    opened: Arc<tokio::sync::Notify>,
 }
+
+/// How long a Session call waits for startup before it is refused.
+const GATE_WAIT: Duration = Duration::from_secs(6);
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -204,6 +210,17 @@ impl Gate {
     /// Lets calls through to `service` from now on (the first call wins).
     pub fn open(&self, service: api::SessionService) {
         let _ = self.service.set(service);
+        self.opened.notify_waiters();
+    }
+
+    /// The service, once open, waiting at most [`GATE_WAIT`].
+    async fn service(&self) -> Option<&api::SessionService> {
+        let opened = self.opened.notified();
+        if let Some(s) = self.service.get() {
+            return Some(s);
+        }
+        let _ = tokio::time::timeout(GATE_WAIT, opened).await;
+        self.service.get()
     }
 }
 
@@ -215,7 +232,7 @@ impl SubscriptionService for Gate {
         &self,
         request: Request<Streaming<ProxyMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        match self.service.get() {
+        match self.service().await {
             Some(service) => service.session(request).await,
             None => Err(Status::unavailable("database not reachable yet")),
         }

@@ -58,6 +58,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     run_with(config, secrets, shutdown).await
 }
 
+/// How long startup waits for the change follower to take its place in the change log
+/// before serving anyway.
+const FOLLOWER_START: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The largest gRPC message either way on a session.
 const GRPC_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// HTTP/2 flow-control windows of a session stream and of a connection.
@@ -369,6 +373,7 @@ impl Serve {
         info!(optional_columns = %columns.describe(), "database contract");
         let cache =
             Arc::new(cache::Cache::new(directory.clone()).with_max_age(Some(config.cache_max_age)));
+        let (following, followed) = tokio::sync::oneshot::channel();
         tracker.spawn(changes::run(
             cache.clone(),
             changes::FollowerConfig {
@@ -380,7 +385,19 @@ impl Serve {
             },
             metrics.clone(),
             token.clone(),
+            following,
         ));
+        // No subscription before the follower holds its place in the change log: a change
+        // committed after a subscriber's first load but before that place would be skipped.
+        // A log that cannot be read (not installed) delays serving only so long: the
+        // follower keeps retrying and warning, and updates start when it succeeds.
+        match tokio::time::timeout(FOLLOWER_START, followed).await {
+            Ok(_) => {}
+            Err(_) => warn!(
+                waited = ?FOLLOWER_START,
+                "serving before the change follower could read the change log"
+            ),
+        }
         let ctx = Arc::new(api::Context {
             policy: subscription::Policy {
                 min_expires: config.min_expires,

@@ -357,7 +357,14 @@ impl Drop for Cluster {
 }
 
 fn server_options(spec: &ClusterSpec) -> ServerOptions {
-    let mut extra_args = vec!["--migrate".to_owned()];
+    // A small pool per server: a cluster test runs up to four servers next to other tests,
+    // all on one PostgreSQL (max_connections 100 by default), and 1 000 subscriptions need
+    // only a few connections each.
+    let mut extra_args = vec![
+        "--migrate".to_owned(),
+        "--db-max-connections".to_owned(),
+        "6".to_owned(),
+    ];
     extra_args.extend(spec.server_args.iter().cloned());
     ServerOptions {
         demo: false,
@@ -469,6 +476,7 @@ pub async fn spawn_cluster_proxy(source: &ServerSource, extra: &[String]) -> Res
         tcp: field("tcp"),
         tls: field("tls"),
         admin: field("admin").with_context(|| format!("no admin= in {line:?}"))?,
+        log: crate::Log::default(),
     };
     wait_ready(&proxy.admin).await?;
     Ok(proxy)

@@ -18,8 +18,8 @@ pub use auth::Auth;
 pub use client::{ListView, SipWsClient, Subscription};
 pub use db::TestDb;
 pub use process::{
-    Log, Proxy, Server, ServerOptions, set_password, spawn_proxy, spawn_proxy_to, spawn_server,
-    start_proxy,
+    Log, Proxy, Server, ServerOptions, set_password, spawn_proxy, spawn_proxy_logged,
+    spawn_proxy_to, spawn_server, start_proxy,
 };
 pub use transport_client::{SipDgramClient, SipStreamClient};
 

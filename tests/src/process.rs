@@ -51,6 +51,8 @@ pub struct ServerOptions {
     /// `extra_args` wins. Zero by default: a test that stops a server with subscriptions on
     /// it does not wait for proxies to move them unless it asks to.
     pub drain_timeout: Duration,
+    /// Extra environment; a `RUST_LOG` here replaces the default `info`.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ServerOptions {
@@ -63,6 +65,7 @@ impl Default for ServerOptions {
             extra_args: Vec::new(),
             capture_log: false,
             drain_timeout: Duration::ZERO,
+            env: Vec::new(),
         }
     }
 }
@@ -117,23 +120,30 @@ impl Log {
 
     /// The first line containing `needle`, waiting for it at most [`crate::EVENT_TIMEOUT`].
     pub async fn wait_for(&self, needle: &str) -> Result<String> {
+        self.wait_until(&format!("with {needle:?}"), |l| l.contains(needle))
+            .await
+    }
+
+    /// The first line `wanted` accepts, waiting for it at most [`crate::EVENT_TIMEOUT`];
+    /// `what` describes it in the error.
+    pub async fn wait_until(&self, what: &str, wanted: impl Fn(&str) -> bool) -> Result<String> {
         if !self
             .inner
             .captured
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            bail!("the log is not captured (ServerOptions::capture_log)");
+            bail!("the log is not captured (ServerOptions::capture_log, spawn_proxy_logged)");
         }
         let deadline = tokio::time::Instant::now() + crate::EVENT_TIMEOUT;
         loop {
             let added = self.inner.added.notified();
             tokio::pin!(added);
             added.as_mut().enable();
-            if let Some(line) = self.lines().into_iter().find(|l| l.contains(needle)) {
+            if let Some(line) = self.lines().into_iter().find(|l| wanted(l)) {
                 return Ok(line);
             }
             if tokio::time::timeout_at(deadline, added).await.is_err() {
-                bail!("no log line with {needle:?} within the timeout");
+                bail!("no log line {what} within the timeout");
             }
         }
     }
@@ -153,6 +163,8 @@ pub struct Proxy {
     /// `IP:PORT` of the SIP-over-TLS listener (`--tls-listen`), when on.
     pub tls: Option<String>,
     pub admin: String,
+    /// Its log lines, when started with [`spawn_proxy_logged`].
+    pub log: Log,
 }
 
 /// Starts a server on `database_url` with the demo data loaded.
@@ -180,6 +192,7 @@ pub async fn spawn_server(database_url: &str, opts: &ServerOptions) -> Result<Se
         "CONFLIST_DRAIN_TIMEOUT",
         format!("{}ms", opts.drain_timeout.as_millis()),
     );
+    cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
     let log = Log::default();
     let (child, fields, _) =
         start_line(cmd, &["grpc", "admin"], opts.capture_log.then_some(&log)).await?;
@@ -205,8 +218,29 @@ pub async fn spawn_proxy_to(servers: &str, extra_args: &[&str]) -> Result<Proxy>
     Ok(proxy)
 }
 
+/// [`spawn_proxy`] with extra environment (a `RUST_LOG` there replaces the default `info`),
+/// keeping the proxy's log (standard error) in [`Proxy::log`].
+pub async fn spawn_proxy_logged(
+    server: &Server,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Proxy> {
+    let proxy = launch_proxy(&server.grpc, extra_args, env, true).await?;
+    wait_ready(&proxy.admin).await?;
+    Ok(proxy)
+}
+
 /// Starts a proxy without waiting for its sessions (for tests where none can come up).
 pub async fn start_proxy(servers: &str, extra_args: &[&str]) -> Result<Proxy> {
+    launch_proxy(servers, extra_args, &[], false).await
+}
+
+async fn launch_proxy(
+    servers: &str,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+    capture_log: bool,
+) -> Result<Proxy> {
     let mut cmd = Command::new(binary("conflist-proxy")?);
     cmd.args([
         "--server",
@@ -219,7 +253,10 @@ pub async fn start_proxy(servers: &str, extra_args: &[&str]) -> Result<Proxy> {
         "3s",
     ]);
     cmd.args(extra_args);
-    let (child, fields, line) = start_line(cmd, &["ws", "admin"], None).await?;
+    cmd.envs(env.iter().copied());
+    let log = Log::default();
+    let (child, fields, line) =
+        start_line(cmd, &["ws", "admin"], capture_log.then_some(&log)).await?;
     Ok(Proxy {
         child,
         ws_url: fields[0].clone(),
@@ -228,6 +265,7 @@ pub async fn start_proxy(servers: &str, extra_args: &[&str]) -> Result<Proxy> {
         tcp: field(&line, "tcp"),
         tls: field(&line, "tls"),
         admin: fields[1].clone(),
+        log,
     })
 }
 
@@ -263,8 +301,10 @@ async fn start_line(
         } else {
             Stdio::null()
         })
-        .env("RUST_LOG", "info")
         .kill_on_drop(true);
+    if !cmd.as_std().get_envs().any(|(k, _)| k == "RUST_LOG") {
+        cmd.env("RUST_LOG", "info");
+    }
     let mut child = cmd.spawn().context("spawn")?;
     if let Some(log) = capture {
         log.inner

@@ -10,6 +10,7 @@ use super::limits::{Limits, SubscribeDecision};
 use super::wire::{Inbound, Outbound, ReadError, Wire};
 use crate::dialog::{Action, DialogConfig, Dialogs, Limit, Rejection, Reply};
 use crate::metrics::Metrics;
+use crate::notifier::Event;
 use crate::upstream::{ConnectionHandle, Upstreams};
 use sip::Message;
 use std::net::{IpAddr, SocketAddr};
@@ -182,9 +183,12 @@ pub async fn run<W: Wire>(mut wire: W, params: ConnectionParams, shared: Arc<Sha
         keepalive,
     } = params;
     let n = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    // Also the prefix of this flow's subscription ids; the listener's span has the field.
+    let id = format!("{}-{n}", shared.instance);
+    tracing::Span::current().record("conn.id", id.as_str());
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let close = CancellationToken::new();
-    let mut dialogs = Dialogs::new(dialog, format!("{}-{n}", shared.instance), rand::random());
+    let mut dialogs = Dialogs::new(dialog, id, rand::random());
     dialogs.set_client_address(client_addr.to_string());
     let mut conn = Connection {
         dialogs,
@@ -233,7 +237,10 @@ pub async fn run<W: Wire>(mut wire: W, params: ConnectionParams, shared: Arc<Sha
                     }
                 }
             }
-            Some(event) = events.recv() => Step::actions(conn.dialogs.on_event(*event, Instant::now())),
+            Some(event) = events.recv() => {
+                log_event(&event);
+                Step::actions(conn.dialogs.on_event(*event, Instant::now()))
+            }
             () = sleep_until_opt(deadline) => Step::actions(conn.dialogs.on_timeout(Instant::now())),
             _ = probe.tick(), if keepalive.is_some() => {
                 if last_seen.elapsed() > probe_every * 2 {
@@ -399,10 +406,17 @@ impl Connection {
         let upstreams = &self.shared.upstreams;
         match action {
             Action::Route { sub, subscriber } => {
+                debug!(subscription.id = %sub, %subscriber, "dialog routed");
                 upstreams.route(sub, &subscriber, self.handle.clone());
             }
-            Action::Upstream(cmd) => upstreams.send(cmd),
-            Action::Unroute(sub) => upstreams.unroute(&sub),
+            Action::Upstream(cmd) => {
+                debug!(subscription.id = %cmd.sub(), command = cmd.name(), "to the server");
+                upstreams.send(cmd);
+            }
+            Action::Unroute(sub) => {
+                debug!(subscription.id = %sub, "dialog gone: unrouted");
+                upstreams.unroute(&sub);
+            }
             Action::Refused(limit) => {
                 let m = &self.shared.metrics;
                 match limit {
@@ -416,6 +430,18 @@ impl Connection {
                 debug!(subscription.id = %sub, ?after, "NOTIFY answered with Retry-After; will retry");
             }
             Action::Respond { .. } | Action::Notify(_) | Action::Resend(_) => {}
+        }
+    }
+}
+
+/// A debug line for each Answer and Notification from the server.
+fn log_event(event: &Event) {
+    match event {
+        Event::Answer(a) => {
+            debug!(subscription.id = %a.sub, request_id = a.request_id, verdict = ?a.verdict, "answer from the server");
+        }
+        Event::Notification(n) => {
+            debug!(subscription.id = %n.sub, version = n.version, state = ?n.state, bytes = n.body.len(), "notification from the server");
         }
     }
 }

@@ -95,6 +95,7 @@ pub async fn serve(l: StreamListener, shared: Arc<Shared>) {
             "sip",
             client.addr = %peer,
             transport = l.dialog.transport.via(),
+            conn.id = tracing::field::Empty,
         );
         let tls = l.tls.clone();
         let shared = shared.clone();

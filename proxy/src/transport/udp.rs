@@ -137,7 +137,12 @@ fn start_flow(
     let (tx, rx) = mpsc::channel(FLOW_QUEUE);
     let wire = UdpWire::new(rx, l.socket.clone(), peer);
     let params = ConnectionParams::direct(peer, l.dialog.clone(), None);
-    let span = tracing::info_span!("sip", client.addr = %peer, transport = "UDP");
+    let span = tracing::info_span!(
+        "sip",
+        client.addr = %peer,
+        transport = "UDP",
+        conn.id = tracing::field::Empty,
+    );
     let shared = shared.clone();
     tracker.spawn(
         async move {

@@ -148,6 +148,7 @@ async fn upgrade(
                 client.addr = %peer,
                 client.ip = %client_addr,
                 transport = dialog.transport.via(),
+                conn.id = tracing::field::Empty,
             );
             let params = ConnectionParams {
                 peer,

@@ -391,6 +391,16 @@ enum Job {
     },
 }
 
+impl Job {
+    /// The subscription the job is for.
+    fn subscription(&self) -> &str {
+        match self {
+            Job::SignIn { id, .. } | Job::Load { id, .. } => id,
+            Job::Refresh { refresh, .. } => &refresh.id,
+        }
+    }
+}
+
 /// The machine.
 #[derive(Debug)]
 pub struct Session {
@@ -446,6 +456,11 @@ impl Session {
             .filter(|j| matches!(j, Job::Refresh { .. }))
             .count();
         self.pending.len() + verifying + self.verifying.values().map(VecDeque::len).sum::<usize>()
+    }
+
+    /// The subscription a sign-in or load in progress is for (its shell's logs carry it).
+    pub fn job_subscription(&self, ticket: Ticket) -> Option<&str> {
+        self.jobs.get(&ticket).map(Job::subscription)
     }
 
     /// When to feed [`Input::Deadline`]: the earliest expiry or deferred send.
@@ -618,7 +633,7 @@ impl Session {
                 self.on_refresh_verified(refresh, username.as_deref(), verdict, now, docs);
             }
             Some(job @ Job::Load { .. }) => {
-                debug!(?ticket, "a verification reported for a load; ignored");
+                debug!(subscription.id = %job.subscription(), ?ticket, "a verification reported for a load; ignored");
                 self.jobs.insert(ticket, job);
             }
             None => debug!(?ticket, "a verification nobody waits for; ignored"),
@@ -677,7 +692,7 @@ impl Session {
         let (id, user) = match self.jobs.remove(&ticket) {
             Some(Job::Load { id, user }) => (id, user),
             Some(job) => {
-                debug!(?ticket, "a load reported for a sign-in; ignored");
+                debug!(subscription.id = %job.subscription(), ?ticket, "a load reported for a sign-in; ignored");
                 self.jobs.insert(ticket, job);
                 return;
             }

@@ -393,6 +393,32 @@ async fn metrics_move_during_failover() {
             other => problems.push(format!("{addr}: process_open_fds {other:?}")),
         }
     }
+    // Each proxy counts the killed server as down; each survivor reports its pool and the
+    // change log's lag.
+    for addr in &proxies {
+        match metric_sum(addr, "conflist_proxy_servers", "state=\"down\"").await {
+            Ok(1.0) => {}
+            other => problems.push(format!(
+                "{addr}: conflist_proxy_servers{{state=down}} {other:?}"
+            )),
+        }
+    }
+    for addr in &survivors {
+        match metric_sum(
+            addr,
+            "conflist_server_db_pool_connections",
+            "pool=\"primary\"",
+        )
+        .await
+        {
+            Ok(v) if v > 0.0 => {}
+            other => problems.push(format!("{addr}: db_pool_connections {other:?}")),
+        }
+        match metric_sum(addr, "conflist_server_change_log_lag_seconds", "").await {
+            Ok(v) if v >= 0.0 => {}
+            other => problems.push(format!("{addr}: change_log_lag_seconds {other:?}")),
+        }
+    }
     report.assert_clean("failover metrics");
     assert!(problems.is_empty(), "metrics: {problems:#?}");
 }
@@ -402,7 +428,9 @@ async fn metrics_move_during_failover() {
 #[tokio::test]
 async fn a_server_found_by_dns_serves_subscriptions() {
     let db = TestDb::create().await.unwrap();
-    let server = spawn_server(&db.url, &ServerOptions::default()).await.unwrap();
+    let server = spawn_server(&db.url, &ServerOptions::default())
+        .await
+        .unwrap();
     let port = server.grpc.rsplit(':').next().unwrap().to_owned();
     let dns = format!("http://localhost:{port}");
     let proxy = conflist_tests::process::start_proxy(
@@ -411,7 +439,9 @@ async fn a_server_found_by_dns_serves_subscriptions() {
     )
     .await
     .unwrap();
-    conflist_tests::process::wait_ready(&proxy.admin).await.unwrap();
+    conflist_tests::process::wait_ready(&proxy.admin)
+        .await
+        .unwrap();
     let mut alice = SipWsClient::connect(&proxy.ws_url).await.unwrap();
     alice.subscribe("alice", 600).await.unwrap();
     let n = alice.recv_notify().await.unwrap();

@@ -15,6 +15,7 @@ mod isolation;
 mod large_lists;
 mod limits;
 mod live_updates;
+mod logs;
 mod meeting_fields;
 mod operator;
 mod operator_schema;
