@@ -185,7 +185,7 @@ pub async fn probe(
     }
 }
 
-/// The Session service until startup completes: a call waits (at most [`GATE_WAIT`]) for
+/// The Session service until startup completes: a call waits (at most `GATE_WAIT`) for
 /// startup, then fails `UNAVAILABLE`; once open, each call goes to the real service. The
 /// wait covers the last moments of a normal startup (the change follower taking its place),
 /// so a proxy connecting right after the READY line is not turned away.
