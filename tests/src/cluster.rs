@@ -13,7 +13,7 @@
 //! and `/readyz`, which cannot be subscribed to, are polled at a bounded rate.
 
 use crate::db::TestDb;
-use crate::process::{Proxy, Server, ServerOptions, bin_dir, http_get, spawn_server, wait_ready};
+use crate::process::{Proxy, Server, ServerOptions, http_get, spawn_server, wait_ready};
 use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
 use sip::{HeaderName, Message, Method, Request, Response, StatusCode};
@@ -24,9 +24,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::process::{Child, Command};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -128,9 +126,9 @@ impl Cluster {
             None => db.url.clone(),
         };
         // The first server applies the schema; then the seed; then the others.
-        let opts = server_options(&spec);
-        let first = spawn_server(&server_db_url, &opts).await?;
+        let first = spawn_server(&server_db_url, &server_options(&spec, true)).await?;
         seed(&db, &spec).await?;
+        let opts = server_options(&spec, false);
         let rest = futures_util::future::join_all(
             (1..spec.servers).map(|_| spawn_server(&server_db_url, &opts)),
         )
@@ -208,7 +206,7 @@ impl Cluster {
     /// Starts one more server on the database; with [`Discovery::File`] it is appended to the
     /// servers file (written whole and renamed, so a proxy never reads half a line).
     pub async fn add_server(&mut self) -> Result<usize> {
-        let server = spawn_server(&self.server_db_url, &server_options(&self.spec)).await?;
+        let server = spawn_server(&self.server_db_url, &server_options(&self.spec, false)).await?;
         self.servers.push(server);
         if let Some(path) = &self.servers_file {
             write_servers_file(path, &self.servers)?;
@@ -356,15 +354,16 @@ impl Drop for Cluster {
     }
 }
 
-fn server_options(spec: &ClusterSpec) -> ServerOptions {
+/// Options of a cluster server; only the first applies the schema (`migrate`): DDL while
+/// the change driver writes can deadlock with its UPDATEs.
+fn server_options(spec: &ClusterSpec, migrate: bool) -> ServerOptions {
     // A small pool per server: a cluster test runs up to four servers next to other tests,
     // all on one PostgreSQL (max_connections 100 by default), and 1 000 subscriptions need
     // only a few connections each.
-    let mut extra_args = vec![
-        "--migrate".to_owned(),
-        "--db-max-connections".to_owned(),
-        "6".to_owned(),
-    ];
+    let mut extra_args = vec!["--db-max-connections".to_owned(), "6".to_owned()];
+    if migrate {
+        extra_args.push("--migrate".to_owned());
+    }
     extra_args.extend(spec.server_args.iter().cloned());
     ServerOptions {
         demo: false,
@@ -435,74 +434,37 @@ pub enum ServerSource {
     File(PathBuf),
 }
 
-/// Starts a proxy with loopback listeners, the cluster's limits (one client address carries
-/// every subscriber) and [`PROXY_GRACE`]; waits for `/readyz`.
+/// Starts a proxy ([`crate::process::start_proxy`]: loopback listeners, a 3 s
+/// [`PROXY_GRACE`]) with the cluster's limits (one client address carries every
+/// subscriber); waits for `/readyz`.
 pub async fn spawn_cluster_proxy(source: &ServerSource, extra: &[String]) -> Result<Proxy> {
-    let mut cmd = Command::new(bin_dir().join("conflist-proxy"));
-    match source {
-        ServerSource::List(list) => {
-            cmd.args(["--server", list]);
-        }
+    let mut args: Vec<String> = Vec::new();
+    let servers = match source {
+        ServerSource::List(list) => list.as_str(),
         ServerSource::File(path) => {
-            cmd.arg("--servers-file")
-                .arg(path)
-                .args(["--discovery-interval", "200ms"]);
+            args.extend([
+                "--servers-file".to_owned(),
+                path.display().to_string(),
+                "--discovery-interval".to_owned(),
+                "200ms".to_owned(),
+            ]);
+            ""
         }
-    }
-    cmd.args([
-        "--ws-listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--shutdown-grace",
-        &format!("{}s", PROXY_GRACE.as_secs()),
-        "--max-subscribes-per-address",
-        "1000000",
-        "--max-connections-per-address",
-        "100000",
-    ]);
-    cmd.args(extra);
-    let (child, line) = start_ready(cmd).await?;
-    let field = |key: &str| {
-        line.split_whitespace()
-            .find_map(|f| f.strip_prefix(&format!("{key}=")))
-            .map(str::to_owned)
     };
-    let proxy = Proxy {
-        child,
-        ws_url: field("ws").with_context(|| format!("no ws= in {line:?}"))?,
-        wss_url: field("wss"),
-        udp: field("udp"),
-        tcp: field("tcp"),
-        tls: field("tls"),
-        admin: field("admin").with_context(|| format!("no admin= in {line:?}"))?,
-        log: crate::Log::default(),
-    };
+    args.extend(
+        [
+            "--max-subscribes-per-address",
+            "1000000",
+            "--max-connections-per-address",
+            "100000",
+        ]
+        .map(str::to_owned),
+    );
+    args.extend(extra.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proxy = crate::process::start_proxy(servers, &args).await?;
     wait_ready(&proxy.admin).await?;
     Ok(proxy)
-}
-
-/// Spawns `cmd` and waits for its READY line (standard error is shown with
-/// `CONFLIST_TEST_LOGS`).
-async fn start_ready(mut cmd: Command) -> Result<(Child, String)> {
-    let print = std::env::var_os("CONFLIST_TEST_LOGS").is_some();
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(if print {
-            std::process::Stdio::inherit()
-        } else {
-            std::process::Stdio::null()
-        })
-        .env("RUST_LOG", "info")
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().context("spawn conflist-proxy (built?)")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .context("process did not print READY within 30 s")??
-        .context("process exited before READY (run with CONFLIST_TEST_LOGS=1 to see why)")?;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, line))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -374,12 +374,7 @@ impl Upstream {
         self.metrics.upstream_unavailable.inc();
         match verdict_needed {
             Some(request_id) => {
-                let answer = Event::Answer(Answer {
-                    sub: sub.clone(),
-                    request_id,
-                    verdict: Verdict::Unavailable { retry_after: None },
-                });
-                deliver(&self.routes, &self.metrics, None, &sub, answer);
+                refuse(&self.routes, &self.metrics, &sub, request_id, None);
             }
             None if full => {
                 let end = lock(&self.end_session);
@@ -520,14 +515,14 @@ impl Upstreams {
                     sub, request_id, ..
                 } = &command
                 {
-                    let answer = Event::Answer(Answer {
-                        sub: sub.clone(),
-                        request_id: *request_id,
-                        verdict: Verdict::Unavailable {
-                            retry_after: Some(RETRY_AFTER_LOST),
-                        },
-                    });
-                    deliver(&self.inner.routes, &self.inner.metrics, None, sub, answer);
+                    let retry = Some(RETRY_AFTER_LOST);
+                    refuse(
+                        &self.inner.routes,
+                        &self.inner.metrics,
+                        sub,
+                        *request_id,
+                        retry,
+                    );
                 }
             }
             Prepared::Drop => {}
@@ -685,14 +680,13 @@ impl Inner {
             }
         }
         for (sub, request_id) in unanswered {
-            let answer = Event::Answer(Answer {
-                sub: sub.clone(),
+            refuse(
+                &self.routes,
+                &self.metrics,
+                &sub,
                 request_id,
-                verdict: Verdict::Unavailable {
-                    retry_after: Some(RETRY_AFTER_LOST),
-                },
-            });
-            deliver(&self.routes, &self.metrics, None, &sub, answer);
+                Some(RETRY_AFTER_LOST),
+            );
         }
         let moved = moves.len();
         for (sub, to) in moves {
@@ -1216,12 +1210,7 @@ fn drain_while_down(up: &Upstream, commands: &mut mpsc::Receiver<ProxyMessage>) 
             if request_id & REATTACH_REQUEST != 0 {
                 continue;
             }
-            let answer = Event::Answer(Answer {
-                sub: sub.clone(),
-                request_id,
-                verdict: Verdict::Unavailable { retry_after: None },
-            });
-            deliver(&up.routes, &up.metrics, None, &sub, answer);
+            refuse(&up.routes, &up.metrics, &sub, request_id, None);
         }
     }
 }
@@ -1238,6 +1227,23 @@ fn terminate(sub: &str, conn: &ConnectionHandle) {
     {
         conn.close.cancel();
     }
+}
+
+/// Answers `request_id` of `sub` Unavailable (503, with `retry_after` as Retry-After) from
+/// the proxy itself: no server will.
+fn refuse(
+    routes: &Routes,
+    metrics: &Metrics,
+    sub: &str,
+    request_id: u64,
+    retry_after: Option<u32>,
+) {
+    let answer = Event::Answer(Answer {
+        sub: sub.to_owned(),
+        request_id,
+        verdict: Verdict::Unavailable { retry_after },
+    });
+    deliver(routes, metrics, None, sub, answer);
 }
 
 /// What [`deliver`] did with an event.
